@@ -1,0 +1,1 @@
+"""kakehashi: a self-hosted, OpenAI-compatible LLM API platform."""

@@ -1,0 +1,131 @@
+"""The one exception tree of kakehashi.
+
+Every error a client can see is a subclass of :class:`KakehashiError` and knows how it
+renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}``::
+
+    KakehashiError                      500 server_error
+    ├── InvalidRequestError             400 invalid_request_error
+    │   ├── ContextLengthExceededError  400 code=context_length_exceeded
+    │   └── RequestTooLargeError        413
+    ├── AuthenticationError             401 code=invalid_api_key
+    ├── PermissionDeniedError           403
+    ├── NotFoundError                   404
+    │   └── ModelNotFoundError          404 code=model_not_found
+    ├── ConflictError                   409
+    ├── RateLimitError                  429 code=rate_limit_exceeded
+    ├── ServerError                     500
+    └── ServiceUnavailableError         503
+
+Code raises these; the HTTP layer maps them to responses in exactly one handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KakehashiError(Exception):
+    """Base class: an error with an OpenAI-style status, type, code and param."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error envelope for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(KakehashiError):
+    """The request is malformed or asks for something impossible."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """Prompt plus requested completion do not fit the model's context window."""
+
+    default_code = "context_length_exceeded"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request body is larger than the server accepts."""
+
+    status_code = 413
+
+
+class AuthenticationError(KakehashiError):
+    """No API key, or one the server does not know."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(KakehashiError):
+    """The key is known but may not do this."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+
+
+class NotFoundError(KakehashiError):
+    """The addressed resource or route does not exist."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    """The model does not exist, or the caller may not use it (indistinguishable on purpose)."""
+
+    default_code = "model_not_found"
+
+    def __init__(self, model: str, *, message: str | None = None, param: str | None = "model"):
+        super().__init__(
+            message
+            or f"The model `{model}` does not exist or you do not have access to it.",
+            param=param,
+        )
+        self.model = model
+
+
+class ConflictError(KakehashiError):
+    """The request conflicts with the current state of a resource."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+class RateLimitError(KakehashiError):
+    """Too many requests, or the server's queue is full."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class ServerError(KakehashiError):
+    """Something broke on our side."""
+
+
+class ServiceUnavailableError(KakehashiError):
+    """The server (or an upstream) cannot take the request right now."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
