@@ -1,0 +1,338 @@
+"""The Llama family (Llama 2/3, SmolLM2, Mistral without sliding window) and Qwen2.
+
+Qwen2 is Llama with biases on the q/k/v projections (and usually tied embeddings), so both
+live here. The model runs on a *packed* batch: ``T`` tokens of many sequences laid end to end.
+Everything but attention is per token; attention is delegated to the engine's
+:class:`~kakehashi.engine.models.base.AttentionContext`, which owns the KV cache and knows
+where each sequence starts.
+
+Shapes in comments: ``T`` tokens, ``H`` hidden size, ``Hq``/``Hkv`` query/key-value heads,
+``D`` head dim, ``I`` MLP intermediate size, ``V`` vocabulary size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kakehashi.engine.models.base import AttentionContext, ModelConfig
+
+
+class WeightLoadError(ValueError):
+    """A checkpoint does not fit the model: unknown, missing or mis-shaped tensors."""
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and cast back, as Hugging Face does."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+RotaryAngles = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (T, 1, D) each
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (the "rotate half" layout), with optional frequency scaling."""
+
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None) -> None:
+        super().__init__()
+        self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the frequencies, e.g. after the module was built on the meta device."""
+        device = self.inv_freq.device if self.inv_freq.device.type != "meta" else None
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
+        inv_freq = 1.0 / (self.theta ** (exponents.float() / self.head_dim))  # (D/2,)
+        self.inv_freq = _scale_inv_freq(inv_freq, self.scaling)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RotaryAngles:
+        """cos and sin for each position (computed in float32, then cast), shape (T, 1, D)."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, D)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _apply_rotary(x: torch.Tensor, angles: RotaryAngles) -> torch.Tensor:
+    # x: (T, heads, D); cos and sin broadcast over the heads.
+    cos, sin = angles
+    return x * cos + _rotate_half(x) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """Apply ``rope_scaling`` ("linear" or Llama 3's "llama3") to the base frequencies."""
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        # Long wavelengths are slowed down by `factor`, short ones kept, the band between
+        # interpolated smoothly.
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_context = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        in_band = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+        return torch.where(in_band, smoothed, scaled)
+    raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+
+
+class Attention(nn.Module):
+    """Fused q/k/v projection, rotary embedding, the context's attention, output projection."""
+
+    def __init__(
+        self, config: ModelConfig, layer_index: int, *, o_bias: bool, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.qkv_proj = nn.Linear(
+            config.hidden_size,
+            self.q_size + 2 * self.kv_size,
+            bias=config.attention_bias,
+            dtype=dtype,
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: RotaryAngles,
+        ctx: AttentionContext,
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        q, k = _apply_rotary(q, rope), _apply_rotary(k, rope)
+        out = ctx.attend(self.layer_index, q, k, v)  # (T, Hq, D)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))  # (T, H)
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(
+            config.hidden_size, 2 * config.intermediate_size, bias=False, dtype=dtype
+        )
+        self.down_proj = nn.Linear(
+            config.intermediate_size, config.hidden_size, bias=False, dtype=dtype
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)  # (T, I) each
+        return self.down_proj(F.silu(gate) * up)  # (T, H)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(
+        self, config: ModelConfig, layer_index: int, *, o_bias: bool, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, layer_index, o_bias=o_bias, dtype=dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: RotaryAngles,
+        ctx: AttentionContext,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# Hugging Face tensor name (inside a layer) -> (our parameter, which slice of a fused tensor).
+_LAYER_WEIGHTS: dict[str, tuple[str, str | None]] = {
+    "input_layernorm.weight": ("input_layernorm.weight", None),
+    "post_attention_layernorm.weight": ("post_attention_layernorm.weight", None),
+    "self_attn.q_proj.weight": ("self_attn.qkv_proj.weight", "q"),
+    "self_attn.k_proj.weight": ("self_attn.qkv_proj.weight", "k"),
+    "self_attn.v_proj.weight": ("self_attn.qkv_proj.weight", "v"),
+    "self_attn.q_proj.bias": ("self_attn.qkv_proj.bias", "q"),
+    "self_attn.k_proj.bias": ("self_attn.qkv_proj.bias", "k"),
+    "self_attn.v_proj.bias": ("self_attn.qkv_proj.bias", "v"),
+    "self_attn.o_proj.weight": ("self_attn.o_proj.weight", None),
+    "self_attn.o_proj.bias": ("self_attn.o_proj.bias", None),
+    "mlp.gate_proj.weight": ("mlp.gate_up_proj.weight", "gate"),
+    "mlp.up_proj.weight": ("mlp.gate_up_proj.weight", "up"),
+    "mlp.down_proj.weight": ("mlp.down_proj.weight", None),
+}
+_TOP_WEIGHTS: dict[str, str] = {
+    "model.embed_tokens.weight": "embed_tokens.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+# Buffers some old checkpoints carry; we compute them ourselves.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama-family decoder implementing the ``CausalLM`` protocol."""
+
+    # Llama's `attention_bias` covers o_proj too; Qwen2 has biases on q/k/v only.
+    o_proj_has_bias: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.config = config
+        o_bias = config.attention_bias and self.o_proj_has_bias
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, o_bias=o_bias, dtype=dtype) for i in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @classmethod
+    def from_weights(
+        cls,
+        config: ModelConfig,
+        weights: Iterable[tuple[str, torch.Tensor]],
+        *,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ) -> LlamaForCausalLM:
+        """Build the model without random init and fill it from Hugging Face-named tensors."""
+        with torch.device("meta"):
+            model = cls(config, dtype=dtype)
+        model = model.to_empty(device=device)
+        if config.tie_word_embeddings:  # to_empty allocates the shared tensor twice
+            model.lm_head.weight = model.embed_tokens.weight
+        model.rotary.reset_buffers()
+        model.load_weights(weights)
+        model.eval()
+        model.requires_grad_(False)
+        return model
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
+    ) -> torch.Tensor:
+        """input_ids, positions: (T,) → final-normed hidden states (T, H)."""
+        x = self.embed_tokens(input_ids)  # (T, H)
+        rope = self.rotary(positions, x.dtype)  # shared by every layer
+        for layer in self.layers:
+            x = layer(x, rope, ctx)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (N, H) → logits (N, V) in float32."""
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors into our (partly fused) parameters.
+
+        Raises :class:`WeightLoadError` for unknown or mis-shaped tensors, and for parameters
+        the checkpoint did not provide.
+        """
+        params = dict(self.named_parameters())
+        missing = {self._coverage_key(name, part) for name, part in self._expected_pieces()}
+        for hf_name, tensor in weights:
+            if hf_name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if hf_name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # some tied checkpoints store a copy; the embedding is the truth
+            name, part = self._map_name(hf_name)
+            if name not in params:
+                raise WeightLoadError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            target = params[name].data
+            if part is not None:
+                target = target.narrow(0, *self._fused_span(name, part))
+            if target.shape != tensor.shape:
+                raise WeightLoadError(
+                    f"{hf_name}: checkpoint shape {tuple(tensor.shape)}, "
+                    f"model expects {tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(tensor)
+            missing.discard(self._coverage_key(name, part))
+        if missing:
+            raise WeightLoadError(f"checkpoint lacks tensors for: {sorted(missing)[:8]}")
+
+    def _map_name(self, hf_name: str) -> tuple[str, str | None]:
+        if hf_name in _TOP_WEIGHTS:
+            return _TOP_WEIGHTS[hf_name], None
+        match = _LAYER_NAME.fullmatch(hf_name)
+        if match is None or match.group(2) not in _LAYER_WEIGHTS:
+            raise WeightLoadError(f"unknown checkpoint tensor {hf_name!r}")
+        name, part = _LAYER_WEIGHTS[match.group(2)]
+        return f"layers.{match.group(1)}.{name}", part
+
+    def _fused_span(self, name: str, part: str) -> tuple[int, int]:
+        """(start, length) of ``part`` along dim 0 of the fused parameter ``name``."""
+        c = self.config
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        spans = {
+            "q": (0, q),
+            "k": (q, kv),
+            "v": (q + kv, kv),
+            "gate": (0, c.intermediate_size),
+            "up": (c.intermediate_size, c.intermediate_size),
+        }
+        return spans[part]
+
+    def _expected_pieces(self) -> Iterable[tuple[str, str | None]]:
+        """Every (parameter, fused part) a complete checkpoint must fill."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        top = [(name, None) for name in _TOP_WEIGHTS.values()]
+        for name, part in [*top, *self._layer_pieces()]:
+            if name in params and not (
+                name == "lm_head.weight" and self.config.tie_word_embeddings
+            ):
+                yield name, part
+
+    def _layer_pieces(self) -> Iterable[tuple[str, str | None]]:
+        for i in range(self.config.num_layers):
+            for name, part in _LAYER_WEIGHTS.values():
+                yield f"layers.{i}.{name}", part
+
+    @staticmethod
+    def _coverage_key(name: str, part: str | None) -> str:
+        return name if part is None else f"{name}[{part}]"
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2: Llama with q/k/v biases (``attention_bias`` is always on) and no o_proj bias."""
+
+    o_proj_has_bias = False
