@@ -97,8 +97,7 @@ class ModelNotFoundError(NotFoundError):
 
     def __init__(self, model: str, *, message: str | None = None, param: str | None = "model"):
         super().__init__(
-            message
-            or f"The model `{model}` does not exist or you do not have access to it.",
+            message or f"The model `{model}` does not exist or you do not have access to it.",
             param=param,
         )
         self.model = model

@@ -1,0 +1,1 @@
+"""The HTTP layer: thin routes over the gateway, one module per OpenAI resource."""

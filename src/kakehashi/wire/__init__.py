@@ -1,0 +1,1 @@
+"""The OpenAI JSON shapes (requests, responses, stream chunks, errors). Imports only pydantic."""

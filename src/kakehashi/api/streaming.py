@@ -1,0 +1,64 @@
+"""Server-sent event responses for streamed completions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel
+from starlette.responses import StreamingResponse
+
+from kakehashi.api.errors import INTERNAL_ERROR_MESSAGE
+from kakehashi.errors import KakehashiError, ServerError
+from kakehashi.wire.errors import ErrorDetail, ErrorResponse
+from kakehashi.wire.sse import DONE, MEDIA_TYPE, encode_event
+
+logger = logging.getLogger(__name__)
+
+
+def _error_frame(error: KakehashiError) -> bytes:
+    detail = ErrorDetail(
+        message=error.message, type=error.error_type, param=error.param, code=error.code
+    )
+    return encode_event(ErrorResponse(error=detail))
+
+
+async def event_stream(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
+    """An SSE response of ``chunks`` then ``[DONE]``.
+
+    The first chunk is awaited before the response starts, so a request the backend rejects
+    gets an ordinary error response. A failure later becomes an ``error`` frame that ends the
+    stream. When the client goes away the iteration is cancelled and ``chunks`` closed, which
+    aborts the generation behind it.
+    """
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+
+    async def frames() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            try:
+                if first is not None:
+                    yield encode_event(first)
+                async for chunk in chunks:
+                    yield encode_event(chunk)
+            except KakehashiError as exc:
+                logger.warning("stream failed: %s", exc.message)
+                yield _error_frame(exc)
+                return
+            except Exception:
+                logger.exception("stream failed unexpectedly")
+                yield _error_frame(ServerError(INTERNAL_ERROR_MESSAGE))
+                return
+        yield DONE
+
+    return StreamingResponse(
+        frames(),
+        media_type=MEDIA_TYPE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

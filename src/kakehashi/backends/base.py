@@ -1,0 +1,58 @@
+"""The seam between the gateway and whatever produces completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from kakehashi.wire.completions import CompletionRequest, CompletionResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A public model id a backend answers to."""
+
+    id: str
+    created: int
+    owned_by: str = "kakehashi"
+
+
+class Backend(Protocol):
+    """What the gateway calls. Requests arrive validated; ``request.model`` is the public id the
+    client asked for and is echoed in responses. Errors are raised as ``KakehashiError``.
+
+    The streaming methods are async generators: validation errors surface on the first
+    ``__anext__``, and closing the generator cancels the work behind it.
+    """
+
+    def served_models(self) -> Sequence[ServedModel]:
+        """The public model ids this backend serves."""
+        ...
+
+    async def start(self) -> None:
+        """Load what is needed to serve; called once before the first request."""
+        ...
+
+    async def stop(self) -> None:
+        """Release resources; in-flight requests are aborted."""
+        ...
+
+    async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        """A whole chat completion."""
+        ...
+
+    def stream_chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """A chat completion as stream chunks (without the final ``[DONE]``)."""
+        ...
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+        """A whole legacy completion."""
+        ...
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
+        """A legacy completion as stream chunks (without the final ``[DONE]``)."""
+        ...

@@ -1,0 +1,48 @@
+"""Base classes shared by every wire shape.
+
+Requests are strict about the fields they know (a string is not a number) and ignore the many
+fields OpenAI accepts that kakehashi has no use for. Responses omit optional fields that were left
+at ``None``, the way OpenAI does, but always carry the fields its schema requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
+
+class _KeepNull:
+    """Marker for a field that is serialized as ``null`` rather than omitted."""
+
+    def __repr__(self) -> str:
+        return "KEEP_NULL"
+
+
+KEEP_NULL = _KeepNull()
+"""Put in ``Annotated[T | None, KEEP_NULL]`` for fields the spec requires even when null."""
+
+
+class RequestModel(BaseModel):
+    """A request body (or part of one): strict types, unknown fields ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class WireModel(BaseModel):
+    """A response body (or part of one).
+
+    A field whose value is ``None`` is left out of the output unless it was set explicitly or
+    is marked :data:`KEEP_NULL`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        for name in fields.keys() - self.model_fields_set:
+            if data.get(name, 0) is None and KEEP_NULL not in fields[name].metadata:
+                del data[name]
+        return data

@@ -1,0 +1,214 @@
+"""The Chat Completions API: ``POST /v1/chat/completions`` request, response and stream chunk."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from kakehashi.wire.base import KEEP_NULL, RequestModel, WireModel
+from kakehashi.wire.common import (
+    FinishReason,
+    LogitBias,
+    Penalty,
+    Seed,
+    StopSequences,
+    StreamOptions,
+    Temperature,
+    TopP,
+    Usage,
+    invalid_type,
+    require_stream,
+)
+
+MAX_TOP_LOGPROBS = 20
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+_ROLES_NEEDING_CONTENT = frozenset({"system", "developer", "user", "tool"})
+
+
+def _message_text(value: Any) -> Any:
+    """Message content: a string, or a list of text parts joined into one string."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise invalid_type("a string or an array of content parts", value)
+    texts: list[str] = []
+    for part in value:
+        if not isinstance(part, dict):
+            raise invalid_type("an array of content parts (objects)", part)
+        kind = part.get("type")
+        if kind not in ("text", "input_text"):
+            raise PydanticCustomError(
+                "invalid_value",
+                "Invalid content part in '{param}': type '{kind}' is not supported; this server "
+                "accepts only 'text' parts.",
+                {"kind": str(kind)},
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid_type("a string in the 'text' of every text part", text)
+        texts.append(text)
+    return "\n".join(texts)
+
+
+MessageContent = Annotated[str | None, BeforeValidator(_message_text)]
+
+
+class ChatMessage(RequestModel):
+    """One message of the conversation; ``content`` is normalized to plain text."""
+
+    role: Role
+    content: MessageContent = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        if self.content is None and self.role in _ROLES_NEEDING_CONTENT:
+            raise PydanticCustomError(
+                "missing_required_parameter",
+                "Missing required parameter: '{param}'.",
+                {"subparam": "content"},
+            )
+        return self
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it (only the fields that are set)."""
+        return self.model_dump(exclude_none=True)
+
+
+class ChatCompletionRequest(RequestModel):
+    """``POST /v1/chat/completions``. Field order matters: later validators read earlier fields."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    temperature: Temperature = None
+    top_p: TopP = None
+    n: Annotated[int | None, Field(ge=1)] = None
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    stop: StopSequences = None
+    seed: Seed = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    logit_bias: LogitBias = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=MAX_TOP_LOGPROBS)] = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    user: str | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise PydanticCustomError(
+                "invalid_value",
+                "Invalid value for '{param}': 'logprobs' must be set to true when "
+                "'top_logprobs' is used.",
+            )
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        return require_stream(value, info)
+
+    @property
+    def completion_limit(self) -> int | None:
+        """The requested completion length, if any (``max_completion_tokens`` wins)."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class TopLogprob(WireModel):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: Annotated[list[int] | None, KEEP_NULL] = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    """The sampled token at a position, with the most likely alternatives."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChatChoiceLogprobs(WireModel):
+    """``choices[i].logprobs`` of a chat completion."""
+
+    content: Annotated[list[ChatTokenLogprob] | None, KEEP_NULL] = None
+    refusal: Annotated[list[ChatTokenLogprob] | None, KEEP_NULL] = None
+
+
+class ChatResponseMessage(WireModel):
+    """The assistant's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: Annotated[str | None, KEEP_NULL] = None
+    refusal: Annotated[str | None, KEEP_NULL] = None
+
+
+class ChatChoice(WireModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: ChatResponseMessage
+    logprobs: Annotated[ChatChoiceLogprobs | None, KEEP_NULL] = None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(WireModel):
+    """The body of a non-streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChatDelta(WireModel):
+    """What a stream chunk adds to one choice's message."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(WireModel):
+    """One choice of a stream chunk."""
+
+    index: int
+    delta: ChatDelta
+    logprobs: Annotated[ChatChoiceLogprobs | None, KEEP_NULL] = None
+    finish_reason: Annotated[FinishReason | None, KEEP_NULL] = None
+
+
+class ChatCompletionChunk(WireModel):
+    """One ``data:`` frame of a streamed chat completion.
+
+    ``usage`` is omitted unless set; with ``stream_options.include_usage`` it is set to ``None``
+    on every chunk but the last, which has no choices.
+    """
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    system_fingerprint: str | None = None
+    usage: Usage | None = None

@@ -1,0 +1,23 @@
+"""The Models API: ``GET /v1/models`` and ``GET /v1/models/{model}``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from kakehashi.wire.base import WireModel
+
+
+class ModelCard(WireModel):
+    """One model the server offers."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(WireModel):
+    """The body of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
