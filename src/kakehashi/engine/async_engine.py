@@ -1,0 +1,194 @@
+"""The asyncio face of the engine: one background thread pumps ``LLMEngine.step()``.
+
+Requests and aborts from the event loop are queued and applied by the engine thread between
+steps, so the synchronous core never sees two threads. Each request's chunks travel back to its
+event loop through ``call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from kakehashi.engine.engine import EngineStats, LLMEngine
+from kakehashi.engine.models.base import ModelConfig
+from kakehashi.engine.params import GenerationChunk, SamplingParams
+from kakehashi.engine.tokenizer import Tokenizer
+from kakehashi.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(ServerError):
+    """The engine failed (or was shut down) and cannot serve this request."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[GenerationChunk | BaseException]
+
+    def put(self, item: GenerationChunk | BaseException) -> None:
+        # A RuntimeError means the consumer's loop is closed: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    """Runs an :class:`LLMEngine` on a background thread and streams results to coroutines."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._adds: list[tuple[str, list[int], SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._error: EngineError | None = None
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.engine.model_config
+
+    def stats(self) -> EngineStats:
+        """The engine's current load (see :meth:`LLMEngine.stats`)."""
+        return self.engine.stats()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine thread (idempotent)."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="kakehashi-engine", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Abort everything in flight (final ABORT chunks), stop the thread, wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the chunks of one request; the last has ``finished=True``.
+
+        Raises ValueError for an impossible request and :class:`EngineError` if the engine
+        failed or is shut down. Leaving the iteration early (break, cancel) aborts the request.
+        """
+        ids = list(prompt_token_ids)
+        self.engine.validate_request(ids, params)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._cond:
+            self._check_usable()
+            if request_id in self._streams:
+                raise ValueError(f"request {request_id!r} is already running")
+            self._streams[request_id] = stream
+            self._adds.append((request_id, ids, params))
+            self._cond.notify_all()
+        self.start()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finished:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Ask the engine to stop a request; its stream ends with an ABORT chunk."""
+        with self._cond:
+            self._aborts.append(request_id)
+            self._cond.notify_all()
+
+    # -- engine thread ---------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise EngineError(self._error.message)
+        if self._stopping:
+            raise EngineError("the engine is shut down")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (
+                        self._stopping or self._adds or self._aborts or self.engine.has_unfinished()
+                    ):
+                        self._cond.wait()
+                    adds, self._adds = self._adds, []
+                    aborts, self._aborts = self._aborts, []
+                    stopping = self._stopping
+                    if stopping:
+                        aborts.extend(self._streams)
+                for request_id, ids, params in adds:
+                    self._add(request_id, ids, params)
+                for request_id in aborts:
+                    self.engine.abort(request_id)
+                self._deliver(self.engine.step())
+                if stopping:
+                    return
+        except Exception as exc:
+            logger.exception("engine step failed")
+            self._fail(EngineError(f"the engine failed: {exc}"))
+
+    def _add(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(request_id, ids, params)
+        except ValueError as exc:
+            with self._cond:
+                stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                stream.put(exc)
+
+    def _deliver(self, chunks: list[GenerationChunk]) -> None:
+        with self._cond:
+            for chunk in chunks:
+                stream = self._streams.get(chunk.request_id)
+                if stream is None:
+                    continue
+                if chunk.finished:
+                    del self._streams[chunk.request_id]
+                stream.put(chunk)
+
+    def _fail(self, error: EngineError) -> None:
+        with self._cond:
+            self._error = error
+            streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.put(EngineError(error.message))

@@ -1,0 +1,323 @@
+"""The synchronous engine core: ``add_request / step / abort / has_unfinished``.
+
+Not thread-safe: one thread drives it (see :mod:`kakehashi.engine.async_engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from kakehashi.engine.block_manager import BlockManager
+from kakehashi.engine.kv_cache import KVCache
+from kakehashi.engine.models.base import CausalLM, ModelConfig
+from kakehashi.engine.params import FinishReason, GenerationChunk, SamplingParams, TokenLogprob
+from kakehashi.engine.runner import ModelRunner, RunnerOutput
+from kakehashi.engine.sampler import sample, token_logprobs
+from kakehashi.engine.scheduler import ScheduledSequence, Scheduler
+from kakehashi.engine.sequence import Sequence
+from kakehashi.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+# Default KV budget when neither a block count nor a byte budget is given.
+DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the engine batches and how big its KV cache is.
+
+    The KV pool is ``num_kv_blocks`` blocks if given, else as many as ``kv_cache_bytes`` holds,
+    else enough for ``max_num_seqs`` sequences of ``max_model_len`` tokens capped at
+    :data:`DEFAULT_KV_CACHE_BYTES`. It always holds at least one full-length sequence.
+    """
+
+    max_model_len: int
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_bytes: int | None = None
+    enable_prefix_caching: bool = True
+
+    def resolve_num_blocks(self, bytes_per_block: int) -> int:
+        """The number of KV blocks this config asks for, given the size of one block."""
+        per_seq = -(-self.max_model_len // self.block_size)
+        if self.num_kv_blocks is not None:
+            wanted = self.num_kv_blocks
+        elif self.kv_cache_bytes is not None:
+            wanted = self.kv_cache_bytes // bytes_per_block
+        else:
+            wanted = min(self.max_num_seqs * per_seq, DEFAULT_KV_CACHE_BYTES // bytes_per_block)
+        return max(wanted, per_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of the engine's load, for health checks and metrics."""
+
+    num_running: int
+    num_waiting: int
+    num_kv_blocks: int
+    num_free_blocks: int
+    num_cached_blocks: int
+    num_preemptions: int
+    num_steps: int
+
+
+class LLMEngine:
+    """Generates tokens for many requests at once with continuous batching."""
+
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer, config: EngineConfig) -> None:
+        if config.max_model_len < 1:
+            raise ValueError("max_model_len must be positive")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        mc = model.config
+        dtype = _model_dtype(model)
+        device = _model_device(model)
+        per_block = KVCache.bytes_per_block(
+            num_layers=mc.num_layers,
+            block_size=config.block_size,
+            num_kv_heads=mc.num_kv_heads,
+            head_dim=mc.head_dim,
+            dtype=dtype,
+        )
+        self.num_kv_blocks = config.resolve_num_blocks(per_block)
+        self.kv_cache = KVCache(
+            num_layers=mc.num_layers,
+            num_blocks=self.num_kv_blocks,
+            block_size=config.block_size,
+            num_kv_heads=mc.num_kv_heads,
+            head_dim=mc.head_dim,
+            dtype=dtype,
+            device=device,
+        )
+        self.block_manager = BlockManager(
+            self.num_kv_blocks,
+            config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+        )
+        self.runner = ModelRunner(model, self.kv_cache)
+        self._eos = frozenset(tokenizer.eos_token_ids or mc.eos_token_ids)
+        self._sequences: dict[str, Sequence] = {}
+        self._pending: list[GenerationChunk] = []  # final chunks of aborted requests
+        self.num_steps = 0  # forward passes run, for metrics and tests
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_manager.num_free_blocks
+
+    def stats(self) -> EngineStats:
+        """Current load; cheap, and safe to call from another thread (values may be stale)."""
+        scheduler, blocks = self.scheduler, self.block_manager
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            num_kv_blocks=self.num_kv_blocks,
+            num_free_blocks=blocks.num_free_blocks,
+            num_cached_blocks=blocks.num_cached_blocks,
+            num_preemptions=scheduler.num_preemptions,
+            num_steps=self.num_steps,
+        )
+
+    def validate_request(self, prompt_token_ids: Iterable[int], params: SamplingParams) -> None:
+        """Raise ValueError if a request can never run. Pure; safe from any thread."""
+        ids = list(prompt_token_ids)
+        if not ids:
+            raise ValueError("the prompt must contain at least one token")
+        if len(ids) > self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, more than the context window of "
+                f"{self.max_model_len}"
+            )
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if params.max_tokens < 0:
+            raise ValueError("max_tokens must not be negative")
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+    ) -> None:
+        """Queue a request; its chunks come out of later :meth:`step` calls."""
+        ids = list(prompt_token_ids)
+        self.validate_request(ids, params)
+        if request_id in self._sequences:
+            raise ValueError(f"request {request_id!r} is already running")
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        seq = Sequence(
+            request_id,
+            ids,
+            params,
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+            generator=generator,
+        )
+        self._sequences[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; its final ABORT chunk comes from the next step.
+
+        Unknown or already finished requests are ignored.
+        """
+        seq = self._sequences.pop(request_id, None)
+        if seq is None:
+            return
+        self.scheduler.abort(request_id)
+        seq.finish_reason = FinishReason.ABORT
+        self._pending.append(self._chunk(seq, (), None, finished=True))
+
+    def has_unfinished(self) -> bool:
+        return bool(self._pending) or self.scheduler.has_unfinished()
+
+    def step(self) -> list[GenerationChunk]:
+        """Run one batch and return a chunk for every request that produced something."""
+        chunks, self._pending = self._pending, []
+        plan = self.scheduler.schedule()
+        if not plan.scheduled:
+            return chunks
+        out = self.runner.run(plan.scheduled)
+        self.num_steps += 1
+        chunks.extend(self._process(plan.scheduled, out))
+        return chunks
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _process(
+        self, scheduled: list[ScheduledSequence], out: RunnerOutput
+    ) -> list[GenerationChunk]:
+        for i, s in enumerate(scheduled):
+            s.seq.num_computed_tokens = s.end
+            self.block_manager.cache_computed_blocks(s.seq)
+            if i in out.prompt_logits:
+                self._add_prompt_logprobs(s, out.prompt_logits[i])
+
+        ready = [scheduled[i].seq for i in out.sample_indices]
+        # max_tokens=0 (echo with prompt logprobs only): finished once the prompt is computed.
+        chunks = [
+            self._finish(seq, (), None, FinishReason.LENGTH)
+            for seq in ready
+            if seq.params.max_tokens == 0
+        ]
+        keep = [k for k, seq in enumerate(ready) if seq.params.max_tokens > 0]
+        if not keep:
+            return chunks
+        sampling = [ready[k] for k in keep]
+        result = sample(
+            out.sample_logits[keep],
+            [seq.params for seq in sampling],
+            [seq.generator for seq in sampling],
+            [seq.output_token_ids for seq in sampling],
+        )
+        for seq, token, lp in zip(sampling, result.token_ids, result.logprobs, strict=True):
+            chunks.append(self._accept(seq, token, lp))
+        return chunks
+
+    def _add_prompt_logprobs(self, s: ScheduledSequence, logits: torch.Tensor) -> None:
+        """Logits at position p predict prompt token p + 1."""
+        seq = s.seq
+        if seq.prompt_logprobs is None:
+            return
+        first = len(seq.prompt_logprobs)  # next prompt token that lacks a logprob
+        positions = [p for p in range(s.start, s.end) if first <= p + 1 < seq.num_prompt_tokens]
+        if not positions:
+            return
+        rows = logits[positions[0] - s.start : positions[-1] - s.start + 1]
+        targets = [seq.token_ids[p + 1] for p in positions]
+        k = seq.params.prompt_logprobs or 0
+        seq.prompt_logprobs.extend(token_logprobs(rows, targets, [k] * len(targets)))
+
+    def _accept(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> GenerationChunk:
+        seq.append_token(token)
+        params = seq.params
+        reason: FinishReason | None = None
+        is_eos = not params.ignore_eos and token in self._eos
+        stop_token = is_eos or token in params.stop_token_ids
+        # A stop token's text is never shown, so it does not go through the detokenizer.
+        if stop_token or seq.detokenizer.add(token):
+            reason = FinishReason.STOP
+        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = FinishReason.LENGTH
+        logprobs = None if lp is None else (lp,)
+        if reason is not None:
+            return self._finish(seq, (token,), logprobs, reason)
+        return self._chunk(seq, (token,), logprobs, finished=False)
+
+    def _finish(
+        self,
+        seq: Sequence,
+        token_ids: tuple[int, ...],
+        logprobs: tuple[TokenLogprob, ...] | None,
+        reason: FinishReason,
+    ) -> GenerationChunk:
+        seq.finish_reason = reason
+        self.scheduler.finish(seq)
+        self._sequences.pop(seq.request_id, None)
+        return self._chunk(seq, token_ids, logprobs, finished=True)
+
+    def _chunk(
+        self,
+        seq: Sequence,
+        token_ids: tuple[int, ...],
+        logprobs: tuple[TokenLogprob, ...] | None,
+        *,
+        finished: bool,
+    ) -> GenerationChunk:
+        text = seq.detokenizer.take_text()
+        if finished:
+            text += seq.detokenizer.finish()
+        prompt_logprobs = None
+        if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
+            seq.prompt_logprobs_sent = True
+            prompt_logprobs = tuple(seq.prompt_logprobs)
+        if logprobs is None and seq.params.logprobs is not None:
+            logprobs = ()
+        return GenerationChunk(
+            request_id=seq.request_id,
+            token_ids=token_ids,
+            text=text,
+            finished=finished,
+            finish_reason=seq.finish_reason if finished else None,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_output_tokens,
+            cached_tokens=seq.num_cached_tokens or 0,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+
+def _model_dtype(model: CausalLM) -> torch.dtype:
+    params = getattr(model, "parameters", None)
+    if params is not None:
+        for p in params():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def _model_device(model: CausalLM) -> torch.device:
+    params = getattr(model, "parameters", None)
+    if params is not None:
+        for p in params():
+            return p.device
+    return torch.device("cpu")

@@ -1,0 +1,79 @@
+"""Runs one scheduled step through the model: packs the batch, returns the logits needed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice, token_slots
+from kakehashi.engine.models.base import CausalLM
+from kakehashi.engine.scheduler import ScheduledSequence
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    """Logits of one step, float32.
+
+    ``sample_logits`` (N, V) has one row per scheduled sequence that samples a token, in
+    schedule order (``sample_indices`` are their positions in the schedule).
+    ``prompt_logits`` maps a schedule position to the (num_new, V) logits of every fed token,
+    for sequences that still need prompt logprobs.
+    """
+
+    sample_logits: torch.Tensor
+    sample_indices: list[int]
+    prompt_logits: dict[int, torch.Tensor]
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; turns a schedule into logits."""
+
+    def __init__(self, model: CausalLM, kv_cache: KVCache) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.device = kv_cache.keys[0].device if kv_cache.keys else torch.device("cpu")
+
+    def run(self, scheduled: Sequence[ScheduledSequence]) -> RunnerOutput:
+        bs = self.kv_cache.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        new_slots: list[torch.Tensor] = []
+        slices: list[SequenceSlice] = []
+        # Packed rows whose hidden states become logits, and what each one is for.
+        wanted_rows: list[int] = []
+        sample_indices: list[int] = []
+        sample_rows: list[int] = []  # index into wanted_rows of each sampling sequence
+        prompt_spans: dict[int, tuple[int, int]] = {}
+        for i, s in enumerate(scheduled):
+            seq = s.seq
+            query_start = len(input_ids)
+            input_ids.extend(seq.token_ids[s.start : s.end])
+            positions.extend(range(s.start, s.end))
+            new_slots.append(token_slots(seq.block_table, s.start, s.end, bs, self.device))
+            num_blocks = -(-s.end // bs)
+            block_ids = torch.tensor(
+                seq.block_table[:num_blocks], dtype=torch.long, device=self.device
+            )
+            slices.append(SequenceSlice(query_start, s.num_tokens, s.end, block_ids))
+            if seq.needs_prompt_logprobs:
+                prompt_spans[i] = (len(wanted_rows), s.num_tokens)
+                wanted_rows.extend(range(query_start, query_start + s.num_tokens))
+            if s.samples:
+                sample_indices.append(i)
+                if i not in prompt_spans:
+                    wanted_rows.append(query_start + s.num_tokens - 1)
+                sample_rows.append(len(wanted_rows) - 1)
+
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        ctx = PagedAttentionContext(self.kv_cache, torch.cat(new_slots), slices)
+        with torch.inference_mode():
+            hidden = self.model.forward(ids, pos, ctx)  # (T, hidden)
+            rows = torch.tensor(wanted_rows, dtype=torch.long, device=self.device)
+            logits = self.model.compute_logits(hidden[rows]).float()  # (N, V)
+
+        prompt_logits = {i: logits[a : a + n] for i, (a, n) in prompt_spans.items()}
+        sample_logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
+        return RunnerOutput(sample_logits, sample_indices, prompt_logits)

@@ -1,0 +1,157 @@
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
+
+Every step, running sequences come first (one token each when decoding, the next chunk when
+part-way through a prefill), then waiting sequences are admitted in arrival order while the
+per-step token budget, the sequence cap and the KV block pool allow. A prompt longer than the
+remaining budget is prefilled in chunks over several steps. When a running sequence needs a
+new KV block and none is free, the most recently admitted sequence is preempted: its blocks are
+freed and it goes back to the front of the queue, to be recomputed later (its cached prefix
+blocks usually survive, so recomputing is cheap).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from kakehashi.engine.block_manager import BlockManager
+from kakehashi.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSequence:
+    """One sequence's share of a step: tokens ``[start, start + num_tokens)`` are fed.
+
+    ``samples`` is True when the chunk reaches the sequence's last token, so the step picks
+    its next token.
+    """
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+    samples: bool
+
+    @classmethod
+    def of(cls, seq: Sequence, num_tokens: int) -> ScheduledSequence:
+        start = seq.num_computed_tokens
+        return cls(seq, start, num_tokens, start + num_tokens == seq.num_tokens)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """The plan for one step."""
+
+    scheduled: list[ScheduledSequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    """Owns the waiting queue and the running list; pure Python over token ids."""
+
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        *,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+    ) -> None:
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0  # since start, for metrics and tests
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        bm = self.block_manager
+
+        # 1. Running sequences, oldest first; preempt from the newest end when blocks run out.
+        still_running: list[Sequence] = []
+        queue = deque(self.running)
+        while queue and budget > 0:
+            seq = queue.popleft()
+            n = min(seq.num_uncomputed_tokens, budget)
+            while not bm.can_append(seq, seq.num_computed_tokens + n):
+                victim = queue.pop() if queue else seq
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                bm.append_slots(seq, seq.num_computed_tokens + n)
+                out.scheduled.append(ScheduledSequence.of(seq, n))
+                still_running.append(seq)
+                budget -= n
+        # Out of budget: the rest keep their state and go first next step.
+        still_running.extend(queue)
+        self.running = still_running
+
+        # 2. Admit waiting sequences in order, unless this step already had to preempt.
+        while (
+            self.waiting
+            and not out.preempted
+            and budget > 0
+            and len(self.running) < self.max_num_seqs
+        ):
+            seq = self.waiting[0]
+            if not bm.can_allocate(seq):
+                break
+            self.waiting.popleft()
+            cached = bm.allocate(seq)
+            if seq.num_cached_tokens is None:
+                seq.num_cached_tokens = cached
+            seq.status = SequenceStatus.RUNNING
+            n = min(seq.num_uncomputed_tokens, budget)
+            out.scheduled.append(ScheduledSequence.of(seq, n))
+            self.running.append(seq)
+            budget -= n
+        return out
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Take a finished sequence out of the running list and free its blocks."""
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def abort(self, request_id: str) -> Sequence | None:
+        """Remove a sequence wherever it is; returns it, or None if unknown."""
+        for seq in self.running:
+            if seq.request_id == request_id:
+                self.finish(seq)
+                return seq
+        for seq in self.waiting:
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                seq.status = SequenceStatus.FINISHED
+                return seq
+        return None
