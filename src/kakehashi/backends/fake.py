@@ -122,6 +122,19 @@ class FakeEngine:
         finished = False
         self.running.add(request_id)
         try:
+            if params.max_tokens == 0:  # only score the prompt, as the real engine does
+                finished = True
+                yield GenerationChunk(
+                    request_id=request_id,
+                    token_ids=(),
+                    text="",
+                    finished=True,
+                    finish_reason=FinishReason.LENGTH,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=0,
+                    prompt_logprobs=prompt_logprobs,
+                )
+                return
             for step, token in enumerate(outputs, start=1):
                 await asyncio.sleep(self.delay)
                 if self.fail_after is not None and step > self.fail_after:

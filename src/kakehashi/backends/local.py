@@ -383,7 +383,7 @@ class LocalBackend:
                     index=c.run.index,
                     text=legacy.full_text(c.run.index, "".join(c.text)),
                     logprobs=legacy.take_logprobs(c.run.index),
-                    finish_reason=legacy.finish_reason(c.finish_reason),
+                    finish_reason=_finish_reason(c.finish_reason),
                 )
                 for c in choices
             ],
@@ -412,11 +412,11 @@ class LocalBackend:
                 first = not legacy.started(index)
                 legacy.absorb(index, chunk)
                 # The first text of a choice carries the echoed prompt.
-                text = (legacy.full_text if first else legacy.visible_text)(index, chunk.text)
+                text = legacy.full_text(index, chunk.text) if first else chunk.text
                 logprobs = legacy.take_logprobs(index)
                 if not (text or chunk.finished or (logprobs and logprobs.tokens)):
                     continue
-                reason = legacy.finish_reason(chunk.finish_reason) if chunk.finished else None
+                reason = _finish_reason(chunk.finish_reason) if chunk.finished else None
                 choice = CompletionChoice(
                     index=index, text=text, logprobs=logprobs, finish_reason=reason
                 )
@@ -436,12 +436,11 @@ class LocalBackend:
         prompts = [self._legacy_prompt(p, tokenizer) for p in request.prompt]
         limit = request.completion_limit
         for prompt in prompts:
-            self._budget(len(prompt.ids), max(limit, 1), "prompt", requested=limit)
+            self._budget(len(prompt.ids), limit, "prompt")
         prompt_logprobs = request.logprobs if request.echo else None
         params = self._sampling(
             request,
-            # The engine always samples one token; max_tokens=0 (score the prompt) drops it.
-            max_tokens=max(limit, 1),
+            max_tokens=limit,  # 0 only scores the prompt (with echo)
             logprobs=request.logprobs,
             prompt_logprobs=prompt_logprobs,
         )
@@ -465,12 +464,9 @@ class LocalBackend:
 
     # -- shared ------------------------------------------------------------------------------
 
-    def _budget(
-        self, prompt_tokens: int, limit: int | None, param: str, *, requested: int | None = None
-    ) -> int:
+    def _budget(self, prompt_tokens: int, limit: int | None, param: str) -> int:
         """The completion length to ask for; raises if prompt + completion overflow."""
         window = self.loaded.engine.max_model_len
-        shown = limit if requested is None else requested
         noun = "messages" if param == "messages" else "prompt"
         if limit is None:
             if prompt_tokens >= window:
@@ -484,8 +480,8 @@ class LocalBackend:
         if prompt_tokens + limit > window:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {window} tokens. However, you "
-                f"requested {prompt_tokens + shown} tokens ({prompt_tokens} in the {noun}, "
-                f"{shown} in the completion). Please reduce the length of the {noun} or "
+                f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the {noun}, "
+                f"{limit} in the completion). Please reduce the length of the {noun} or "
                 "completion.",
                 param=param,
             )
@@ -582,7 +578,6 @@ class _LegacyChoices:
         self._tokenizer = tokenizer
         self._top = request.logprobs
         self._echo = bool(request.echo)
-        self._score_only = request.completion_limit == 0
         self._runs = runs
         self._offsets = [_Offsets(tokenizer) for _ in runs]
         self._pending: list[CompletionLogprobs | None] = [
@@ -596,17 +591,9 @@ class _LegacyChoices:
     def started(self, index: int) -> bool:
         return self._started[index]
 
-    def visible_text(self, index: int, text: str) -> str:
-        """Generated text as the client sees it (none when only scoring the prompt)."""
-        return "" if self._score_only else text
-
     def full_text(self, index: int, generated: str) -> str:
         """The first text of a choice: the echoed prompt, then what was generated."""
-        generated = self.visible_text(index, generated)
         return self._runs[index].prompt.text + generated if self._echo else generated
-
-    def finish_reason(self, reason: FinishReason | None) -> str:
-        return "length" if self._score_only else _finish_reason(reason)
 
     def absorb(self, index: int, chunk: GenerationChunk) -> None:
         first = not self._started[index]
@@ -620,9 +607,8 @@ class _LegacyChoices:
             for position, token in enumerate(self._runs[index].prompt.ids):
                 lp = prompt_lps[position] if position < len(prompt_lps) else None
                 self._add(pending, offsets, token, lp)
-        if not self._score_only:
-            for lp in chunk.logprobs or ():
-                self._add(pending, offsets, lp.token_id, lp)
+        for lp in chunk.logprobs or ():
+            self._add(pending, offsets, lp.token_id, lp)
 
     def take_logprobs(self, index: int) -> CompletionLogprobs | None:
         """The logprobs gathered since the last call (``None`` without ``logprobs``)."""
