@@ -10,7 +10,7 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "kakehashi: creating $venv" >&2
     "$py" -m venv "$venv"
 fi
-stamp="$venv/.kakehashi-installed${extras:+-$extras}"
+stamp="$venv/.kakehashi-installed${extras:+-${extras//,/-}}"
 want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "kakehashi: installing dependencies into $venv (first run takes a few minutes)" >&2

@@ -405,7 +405,8 @@ class LocalBackend:
             "model": request.model,
             "system_fingerprint": self.loaded.fingerprint,
         }
-        # Unlike chat chunks, the spec's completion shape has no null usage: omit it until the end.
+        if request.include_usage:  # as in chat streams: null on every chunk but the last
+            base["usage"] = None
         async with contextlib.aclosing(self._generate(runs)) as events:
             async for index, chunk in events:
                 choices[index].absorb(chunk)

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real ``kakehashi serve`` process driven over HTTP by real clients."""

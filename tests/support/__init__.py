@@ -1,0 +1,1 @@
+"""Helpers shared by kakehashi's test suites: OpenAPI validation, server processes, old SDKs."""
