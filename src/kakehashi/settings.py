@@ -1,15 +1,44 @@
-"""One typed settings object, built once (CLI flags over ``KAKEHASHI_*`` env) and passed down."""
+"""One typed settings object, built once (CLI flags over ``KAKEHASHI_*`` env over an optional TOML
+file) and passed down.
+
+A settings file (``kakehashi serve --config FILE`` or ``KAKEHASHI_CONFIG=FILE``) holds the same
+fields, plus tables that only make sense there::
+
+    model = "/models/qwen2.5-0.5b-instruct"
+    aliases = ["gpt-3.5-turbo"]
+
+    [[keys]]
+    key = "sk-team-a"
+    tier = "tier-1"
+    models = ["gpt-3.5-turbo", "text-embedding-ada-002"]   # optional allow-list
+
+    [[models]]                      # a catalog entry (new, or overriding one by id)
+    id = "gpt-4"
+    serves = "qwen2.5-0.5b-instruct"
+    min_tier = "tier-1"
+    deprecated_on = 2025-01-01
+    shutdown_on = 2025-07-01
+    replacement = "gpt-4o"
+"""
 
 from __future__ import annotations
 
+import os
+import tomllib
+from datetime import date
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_ID = "kakehashi-demo"
+PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
+DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
+CONFIG_ENV = "KAKEHASHI_CONFIG"
+
+Capability = Literal["chat", "completions", "embeddings", "edits"]
 
 
 def default_data_dir() -> Path:
@@ -23,9 +52,76 @@ def _split_csv(value: object) -> object:
     return value
 
 
+class KeySpec(BaseModel):
+    """An API key, the access tier it belongs to and an optional model allow-list.
+
+    A key without a tier may use every model; one without ``models`` any model its tier allows.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1)
+    tier: str | None = None
+    models: tuple[str, ...] | None = None
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> KeySpec:
+        """``KEY`` or ``KEY:TIER`` (the tier after the last colon), as ``--api-key`` takes it."""
+        key, colon, tier = text.rpartition(":")
+        if not colon or not key or not tier:
+            return cls(key=text)
+        return cls(key=key, tier=tier)
+
+    @property
+    def label(self) -> str:
+        """How logs name the key: its name, else a masked form."""
+        if self.name:
+            return self.name
+        return f"{self.key[:5]}***{self.key[-2:]}" if len(self.key) > 8 else "***"
+
+
+class ModelSpec(BaseModel):
+    """A catalog entry as configured: a new public model id, or changes to an existing one.
+
+    ``serves`` names the served model (or catalog id) that answers it; without it an existing
+    entry keeps its backend and a new one goes to the first backend with its capabilities.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    serves: str | None = None
+    owned_by: str | None = None
+    created: int | None = None
+    context_window: int | None = Field(default=None, ge=1)
+    capabilities: tuple[Capability, ...] | None = None
+    input_price: float | None = Field(default=None, ge=0, description="USD per 1M tokens")
+    output_price: float | None = Field(default=None, ge=0, description="USD per 1M tokens")
+    deprecated_on: date | None = None
+    shutdown_on: date | None = None
+    replacement: str | None = None
+    aliases: tuple[str, ...] = ()
+    tiers: tuple[str, ...] | None = None
+    min_tier: str | None = None
+    stable_alias: str | None = None
+    stable_since: date | None = None
+    dimensions: bool | None = Field(
+        default=None, description="Whether `dimensions` may shorten this embedding model's output."
+    )
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> ModelSpec:
+        if self.deprecated_on and self.shutdown_on and self.shutdown_on < self.deprecated_on:
+            raise ValueError(f"{self.id}: shutdown_on is before deprecated_on")
+        if self.stable_since is not None and self.stable_alias is None:
+            raise ValueError(f"{self.id}: stable_since needs a stable_alias")
+        return self
+
+
 class Settings(BaseSettings):
     """Server configuration. Every field can be set as ``KAKEHASHI_<NAME>`` in the environment;
-    list fields take comma-separated values there (``KAKEHASHI_API_KEYS=k1,k2``)."""
+    list fields take comma-separated values there (``KAKEHASHI_API_KEYS=k1,k2:tier-1``)."""
 
     model_config = SettingsConfigDict(env_prefix="KAKEHASHI_", extra="ignore")
 
@@ -41,6 +137,30 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(default=None, ge=16)
     dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
 
+    # Embeddings
+    embeddings: bool = Field(default=True, description="Serve an embedding model.")
+    embedding_model: str | None = Field(
+        default=None,
+        description="Sentence-transformers model directory; None uses the packaged "
+        "all-MiniLM-L6-v2 (the `embeddings` extra) when it is installed.",
+    )
+    embedding_model_name: str | None = None
+    embedding_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["text-embedding-ada-002"]
+    )
+
+    # Catalog, lifecycle and access
+    builtin_catalog: bool = Field(
+        default=True, description="Include OpenAI's 2024-01-04 migration table in the catalog."
+    )
+    models: list[ModelSpec] = Field(default_factory=list)
+    keys: list[KeySpec] = Field(default_factory=list)
+    tiers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_TIERS))
+    now: date | None = Field(
+        default=None,
+        description="Pretend today is this date (UTC) for model lifecycles; for tests and drills.",
+    )
+
     # Where and how to listen
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -53,12 +173,40 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
 
-    @field_validator("aliases", "api_keys", mode="before")
+    @field_validator("aliases", "api_keys", "embedding_aliases", "tiers", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
 
+    @model_validator(mode="after")
+    def _known_tiers(self) -> Settings:
+        known = set(self.tiers)
+        named = [k.tier for k in self.all_keys()]
+        for spec in self.models:
+            named += [spec.min_tier, *(spec.tiers or ())]
+        unknown = sorted({t for t in named if t is not None and t not in known})
+        if unknown:
+            raise ValueError(f"unknown tier(s) {unknown}; the tiers are {self.tiers}")
+        return self
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides`` (flags) over ``KAKEHASHI_*`` env over the TOML file
+        (``config_file``, else ``$KAKEHASHI_CONFIG``, else none)."""
+        path = config_file or os.environ.get(CONFIG_ENV)
+        if not path:
+            return cls(**overrides)
+        with Path(path).expanduser().open("rb") as stream:
+            from_file = tomllib.load(stream)
+        # Raw environment values, validated once below together with the file's.
+        from_env = EnvSettingsSource(cls, env_prefix="KAKEHASHI_")()
+        return cls(**{**from_file, **from_env, **overrides})
+
+    def all_keys(self) -> list[KeySpec]:
+        """Every accepted key: ``keys`` then ``api_keys`` (``KEY`` or ``KEY:TIER``)."""
+        return [*self.keys, *(KeySpec.parse(text) for text in self.api_keys)]
+
     @property
     def auth_enabled(self) -> bool:
-        """Whether requests must carry one of ``api_keys``."""
-        return bool(self.api_keys)
+        """Whether requests must carry one of the configured keys."""
+        return bool(self.api_keys or self.keys)

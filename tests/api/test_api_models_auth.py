@@ -13,7 +13,13 @@ from support.openapi import validate
 def test_list_and_retrieve_models(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     validate("ListModelsResponse", body)
-    assert [m["id"] for m in body["data"]] == [FAKE_MODEL_ID, "org/alias-model"]
+    # The built-in catalog adds OpenAI's two edit models (deprecated, still served by /v1/edits).
+    assert [m["id"] for m in body["data"]] == [
+        FAKE_MODEL_ID,
+        "org/alias-model",
+        "text-davinci-edit-001",
+        "code-davinci-edit-001",
+    ]
     for model in body["data"]:
         response = client.get(f"/v1/models/{model['id']}")
         assert response.status_code == 200

@@ -81,7 +81,7 @@ def _check_invisible(client: openai.OpenAI) -> None:
         with pytest.raises(openai.NotFoundError) as caught:
             client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2)
         assert caught.value.code == "model_not_found"
-        assert caught.value.message == (
+        assert caught.value.body["message"] == (
             f"The model `{model}` does not exist or you do not have access to it."
         )
 

@@ -14,8 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kakehashi.api.errors import JSON_PARSE_MESSAGE, invalid_request
 from kakehashi.errors import AuthenticationError, InvalidRequestError
+from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
 from kakehashi.gateway.service import GatewayService
-from kakehashi.settings import Settings
+from kakehashi.settings import KeySpec, Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,20 +44,29 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}***{key[-2:]}" if len(key) > 8 else "***"
 
 
-async def require_api_key(request: Request) -> None:
-    """When keys are configured, demand ``Authorization: Bearer <one of them>``."""
+async def require_api_key(request: Request) -> Caller:
+    """When keys are configured, demand ``Authorization: Bearer <one of them>``; the caller
+    that key stands for (anonymous and unrestricted on an open server)."""
     settings = get_settings(request)
     if not settings.auth_enabled:
-        return
+        return ANONYMOUS
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise AuthenticationError(MISSING_KEY_MESSAGE)
     # Compare against every key, so timing does not reveal which prefix matched.
-    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys]
-    if not any(matches):
+    found: KeySpec | None = None
+    for spec in settings.all_keys():
+        if hmac.compare_digest(key.encode(), spec.key.encode()) and found is None:
+            found = spec
+    if found is None:
         raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
+    return caller_for(found)
+
+
+CallerDep = Annotated[Caller, Depends(require_api_key)]
+"""The authenticated caller (computed once per request, shared with the router's check)."""
 
 
 async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
@@ -24,8 +24,10 @@ def _error_frame(error: KakehashiError) -> bytes:
     return encode_event(ErrorResponse(error=detail))
 
 
-async def event_stream(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
-    """An SSE response of ``chunks`` then ``[DONE]``.
+async def event_stream(
+    chunks: AsyncIterator[BaseModel], headers: Mapping[str, str] | None = None
+) -> StreamingResponse:
+    """An SSE response of ``chunks`` then ``[DONE]`` (with extra ``headers``).
 
     The first chunk is awaited before the response starts, so a request the backend rejects
     gets an ordinary error response. A failure later becomes an ``error`` frame that ends the
@@ -60,5 +62,5 @@ async def event_stream(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
     return StreamingResponse(
         frames(),
         media_type=MEDIA_TYPE,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={**(headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

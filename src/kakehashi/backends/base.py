@@ -8,15 +8,47 @@ from typing import Protocol
 
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from kakehashi.wire.completions import CompletionRequest, CompletionResponse
+from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+
+GENERATIVE = frozenset({"chat", "completions", "edits"})
+"""What a language model backend can do (edits are answered by a chat completion)."""
+EMBEDDING = frozenset({"embeddings"})
 
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """A public model id a backend answers to."""
+    """A public model id a backend answers to, and the endpoints it serves."""
 
     id: str
     created: int
     owned_by: str = "kakehashi"
+    capabilities: frozenset[str] = GENERATIVE
+    context_window: int | None = None
+
+
+class AnyBackend(Protocol):
+    """What every backend has: the ids it serves, start and stop."""
+
+    def served_models(self) -> Sequence[ServedModel]:
+        """The public model ids this backend serves."""
+        ...
+
+    async def start(self) -> None:
+        """Load what is needed to serve; called once before the first request."""
+        ...
+
+    async def stop(self) -> None:
+        """Release resources; in-flight requests are aborted."""
+        ...
+
+
+class EmbeddingBackend(AnyBackend, Protocol):
+    """A backend of embedding models. Requests arrive validated, with ``request.model`` the
+    name the response carries."""
+
+    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Embed every input of ``request`` (token limits are checked here)."""
+        ...
 
 
 class Backend(Protocol):

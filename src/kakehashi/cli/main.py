@@ -1,16 +1,22 @@
-"""The ``kakehashi`` command line: ``serve`` and ``make-tiny-model``."""
+"""The ``kakehashi`` command line: ``serve``, ``models`` and ``make-tiny-model``."""
 
 from __future__ import annotations
 
+import json
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 
 from kakehashi.settings import DEMO_MODEL_ID, Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="kakehashi",
@@ -20,16 +26,18 @@ app = typer.Typer(
 )
 
 
-def _settings(overrides: dict[str, Any]) -> Settings:
-    """Settings from ``KAKEHASHI_*`` env, with the flags that were given on top."""
+def _settings(overrides: dict[str, Any], config: Path | None = None) -> Settings:
+    """Settings from the config file and ``KAKEHASHI_*`` env, with the given flags on top."""
     given = {key: value for key, value in overrides.items() if value not in (None, [], ())}
     try:
-        return Settings(**given)
+        return Settings.load(config, **given)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise typer.BadParameter(problems) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read the config file: {exc}") from None
 
 
 def _resolve_model(settings: Settings, console: Console) -> Path:
@@ -58,6 +66,19 @@ def _resolve_model(settings: Settings, console: Console) -> Path:
         raise typer.Exit(1) from None
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings TOML file (also KAKEHASHI_CONFIG): keys, tiers, catalog entries.",
+    ),
+]
+NowOption = Annotated[
+    str | None,
+    typer.Option(help="Pretend today is this date (YYYY-MM-DD) for model lifecycles."),
+]
+
+
 @app.command()
 def serve(
     model: Annotated[
@@ -74,7 +95,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     api_key: Annotated[
         list[str] | None,
-        typer.Option(help="Accept this API key (repeatable); without any, the server is open."),
+        typer.Option(
+            help="Accept this API key, as KEY or KEY:TIER (repeatable); without any key the "
+            "server is open."
+        ),
     ] = None,
     max_model_len: Annotated[
         int | None, typer.Option(help="Context window in tokens (default: the model's).")
@@ -84,11 +108,27 @@ def serve(
     max_num_seqs: Annotated[
         int | None, typer.Option(help="Most sequences decoded at once.")
     ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--embeddings/--no-embeddings",
+            help="Serve an embedding model (default: yes, when one is installed).",
+        ),
+    ] = None,
+    embedding_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Sentence-transformers model directory (default: the packaged all-MiniLM-L6-v2)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    now: NowOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the OpenAI API (chat completions, completions, models) from a local model.
+    """Serve the OpenAI API (chat completions, completions, embeddings, edits, models).
 
-    Every flag can also be set as a KAKEHASHI_<NAME> environment variable; flags win.
+    Every flag can also be set as a KAKEHASHI_<NAME> environment variable or in the --config
+    file; flags win over the environment, which wins over the file.
     """
     import uvicorn
 
@@ -108,7 +148,11 @@ def serve(
             "dtype": dtype,
             "threads": threads,
             "max_num_seqs": max_num_seqs,
-        }
+            "embeddings": embeddings,
+            "embedding_model": embedding_model,
+            "now": now,
+        },
+        config,
     )
     model_id = default_model_id(settings)
     model_dir = _resolve_model(settings, console)
@@ -118,16 +162,84 @@ def serve(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
             "anyone who can reach this server can use it."
         )
-    names = ", ".join([model_id, *settings.aliases])
-    console.print(
-        Panel(
-            f"model: [bold]{names}[/] ({model_dir})\n"
-            f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]",
-            title="kakehashi",
-            border_style="green",
+    application = _build(console, lambda: create_app(settings))
+    service = application.state.service
+    lines = []
+    for backend in service.catalog.backends():
+        names = ", ".join(m.id for m in backend.served_models())
+        lines.append(f"model: [bold]{names}[/]")
+    lines[0] += f" ({model_dir})"
+    if settings.now is not None:
+        lines.append(f"lifecycle clock fixed at [bold]{settings.now.isoformat()}[/]")
+    lines.append(f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]")
+    console.print(Panel("\n".join(lines), title="kakehashi", border_style="green"))
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _build(console: Console, factory: Callable[[], T]) -> T:
+    """``factory()``, turning catalog configuration errors into a message and exit code 1."""
+    from kakehashi.backends.embedding import EmbeddingModelNotFoundError
+    from kakehashi.errors import ConflictError
+    from kakehashi.gateway.catalog import CatalogError
+
+    try:
+        return factory()
+    except (CatalogError, EmbeddingModelNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+    except ConflictError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+    raise typer.Exit(1)
+
+
+@app.command("models")
+def models_command(
+    key: Annotated[
+        str | None,
+        typer.Option(help="Show access for this API key (default: every model is accessible)."),
+    ] = None,
+    config: ConfigOption = None,
+    now: NowOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Print the model catalog: each model's status and whether the caller may use it."""
+    from kakehashi.api.app import build_service, default_backends
+    from kakehashi.gateway.access import ANONYMOUS, caller_for
+    from kakehashi.gateway.report import catalog_rows
+
+    console = Console(width=max(Console().width, 160))
+    settings = _settings({"now": now}, config)
+    caller = ANONYMOUS
+    if key is not None:
+        found = [spec for spec in settings.all_keys() if spec.key == key]
+        if not found:
+            console.print("[red]error:[/] --key is not one of the configured keys")
+            raise typer.Exit(1)
+        caller = caller_for(found[0])
+    service = _build(console, lambda: build_service(settings, default_backends(settings)))
+    today = service.clock()
+    rows = catalog_rows(service.catalog, caller=caller, today=today)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table(title=f"kakehashi models on {today.isoformat()} (key: {caller.label})")
+    for column in ("id", "serves", "endpoints", "status", "access", "price in/out per 1M"):
+        table.add_column(column)
+    for row in rows:
+        prices = "/".join(
+            "-" if p is None else f"${p:g}" for p in (row["input_price"], row["output_price"])
         )
-    )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+        status = row["status"]
+        style = "red" if row["retired"] else "yellow" if status.startswith("deprecated") else ""
+        table.add_row(
+            row["id"],
+            row["serves"] or "",
+            ", ".join(row["capabilities"]),
+            f"[{style}]{status}[/]" if style else status,
+            row["access"],
+            prices,
+        )
+    console.print(table)
 
 
 @app.command("make-tiny-model")

@@ -1,61 +1,251 @@
-"""The catalog of public model ids (served names and aliases) and the backend behind each."""
+"""The catalog of public model ids: which backend answers each, what it can do, what it costs,
+when it retires and who may use it.
+
+Entries come from three places, in this order: the models the backends serve (with their
+aliases), the built-in migration table (:mod:`kakehashi.gateway.builtin`), then the configured
+``[[models]]`` specs, which may add ids or change existing ones. Every public name is an entry of
+its own (an alias copies its target), except *stable aliases*: ``gpt-4`` names whichever snapshot
+(``gpt-4-0613``, ...) claims it with the latest ``stable_since`` that has arrived, so the alias
+upgrades itself on that date and responses carry the snapshot's id, as OpenAI's do.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
 
-from kakehashi.backends.base import Backend, ServedModel
+from kakehashi.backends.base import AnyBackend, ServedModel
 from kakehashi.errors import ConflictError, ModelNotFoundError
+from kakehashi.gateway.access import ANONYMOUS, Caller, tiers_from
+from kakehashi.gateway.lifecycle import Lifecycle, Status, system_clock
+from kakehashi.settings import DEFAULT_TIERS, ModelSpec
+
+
+class CatalogError(ValueError):
+    """The configured catalog is inconsistent (an unknown target, a missing capability)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
-    """One public model id and the backend that answers it."""
+    """One public model id and everything the gateway knows about it.
 
-    model: ServedModel
-    backend: Backend
+    Prices are USD per 1M tokens; ``tiers=None`` lets every tier use the model.
+    """
+
+    id: str
+    backend: AnyBackend
+    created: int
+    owned_by: str = "kakehashi"
+    capabilities: frozenset[str] = frozenset()
+    context_window: int | None = None
+    input_price: float | None = None
+    output_price: float | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    tiers: frozenset[str] | None = None
+    alias_of: str | None = None
+    serves: str | None = None  # the served model that answers, when not this id itself
+    stable_alias: str | None = None
+    stable_since: date | None = None
+    dimensions: bool = False
 
     @property
-    def id(self) -> str:
-        return self.model.id
+    def names(self) -> tuple[str, ...]:
+        """Every name a key's allow-list may use for this entry."""
+        return tuple(n for n in (self.id, self.alias_of, self.stable_alias) if n)
+
+    def status(self, today: date) -> Status:
+        """The entry's lifecycle status on ``today``."""
+        return self.lifecycle.status(today)
 
 
 class Catalog:
-    """Public model ids → backends, in the order they were added."""
+    """Public model ids → entries, in the order they were added."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tiers: Sequence[str] = DEFAULT_TIERS) -> None:
         self._entries: dict[str, CatalogEntry] = {}
+        self._tiers = tuple(tiers)
 
     @classmethod
-    def from_backends(cls, backends: Iterable[Backend]) -> Catalog:
-        """A catalog of every model each backend serves."""
-        catalog = cls()
+    def from_backends(
+        cls,
+        backends: Iterable[AnyBackend],
+        specs: Iterable[ModelSpec] = (),
+        *,
+        builtin: Iterable[ModelSpec] = (),
+        tiers: Sequence[str] = DEFAULT_TIERS,
+    ) -> Catalog:
+        """A catalog of every model the backends serve, then the ``builtin`` entries that a
+        backend can answer, then the configured ``specs``."""
+        catalog = cls(tiers=tiers)
         for backend in backends:
-            for model in backend.served_models():
-                catalog.add(model, backend)
+            served = list(backend.served_models())
+            for model in served:
+                catalog.add(model, backend, serves=served[0].id)
+        for spec in builtin:
+            if spec.id not in catalog._entries:
+                catalog.apply(spec, required=False)
+        for spec in specs:
+            catalog.apply(spec)
         return catalog
 
-    def add(self, model: ServedModel, backend: Backend) -> None:
-        """Register ``model.id``; ids are unique across backends."""
+    def add(self, model: ServedModel, backend: AnyBackend, *, serves: str | None = None) -> None:
+        """Register a served model (an alias of ``serves`` if given and different); ids are
+        unique across backends."""
         if model.id in self._entries:
             raise ConflictError(f"The model id `{model.id}` is served twice.")
-        self._entries[model.id] = CatalogEntry(model, backend)
+        self._entries[model.id] = CatalogEntry(
+            id=model.id,
+            backend=backend,
+            created=model.created,
+            owned_by=model.owned_by,
+            capabilities=model.capabilities,
+            context_window=model.context_window,
+            serves=serves if serves != model.id else None,
+        )
 
-    def resolve(self, model_id: str) -> CatalogEntry:
-        """The entry for ``model_id``; raises :class:`ModelNotFoundError` (404)."""
-        try:
-            return self._entries[model_id]
-        except KeyError:
-            raise ModelNotFoundError(model_id) from None
+    def apply(self, spec: ModelSpec, *, required: bool = True) -> None:
+        """Add the entry ``spec`` describes, or change the existing one of that id.
+
+        A spec whose target cannot be found is an error when ``required``, else skipped (the
+        built-in table names models for capabilities no backend may have).
+        """
+        existing = self._entries.get(spec.id)
+        if existing is not None and spec.serves is None:
+            start = existing
+        else:
+            base = self._target(spec, required)
+            if base is None:
+                return
+            start = CatalogEntry(
+                id=spec.id,
+                backend=base.backend,
+                created=base.created,
+                owned_by=base.owned_by,
+                capabilities=base.capabilities,
+                context_window=base.context_window,
+                dimensions=base.dimensions,
+                serves=base.serves or base.id,
+            )
+        capabilities = start.capabilities
+        if spec.capabilities is not None:
+            capabilities = frozenset(spec.capabilities)
+            if not capabilities <= frozenset(start.capabilities):
+                missing = ", ".join(sorted(capabilities - start.capabilities))
+                raise CatalogError(f"`{spec.id}`: its backend cannot do {missing}")
+        tiers = frozenset(spec.tiers) if spec.tiers is not None else start.tiers
+        if spec.min_tier is not None:
+            tiers = tiers_from(self._tiers, spec.min_tier) & (tiers or frozenset(self._tiers))
+        old = start.lifecycle
+        entry = dataclasses.replace(
+            start,
+            owned_by=_pick(spec, "owned_by", start.owned_by),
+            created=_pick(spec, "created", start.created),
+            capabilities=capabilities,
+            context_window=_pick(spec, "context_window", start.context_window),
+            input_price=_pick(spec, "input_price", start.input_price),
+            output_price=_pick(spec, "output_price", start.output_price),
+            lifecycle=Lifecycle(
+                deprecated_on=_pick(spec, "deprecated_on", old.deprecated_on),
+                shutdown_on=_pick(spec, "shutdown_on", old.shutdown_on),
+                replacement=_pick(spec, "replacement", old.replacement),
+            ),
+            tiers=tiers,
+            stable_alias=_pick(spec, "stable_alias", start.stable_alias),
+            stable_since=_pick(spec, "stable_since", start.stable_since),
+            dimensions=_pick(spec, "dimensions", start.dimensions),
+        )
+        self._entries[spec.id] = entry
+        for alias in spec.aliases:
+            if alias in self._entries:
+                raise CatalogError(f"alias `{alias}` of `{spec.id}` is already a model id")
+            self._entries[alias] = dataclasses.replace(entry, id=alias, alias_of=spec.id)
+
+    def _target(self, spec: ModelSpec, required: bool) -> CatalogEntry | None:
+        """The entry whose backend will answer ``spec``."""
+        if spec.serves is not None:
+            if spec.serves not in self._entries:
+                raise CatalogError(f"`{spec.id}` serves `{spec.serves}`, which is not a model")
+            return self._entries[spec.serves]
+        wanted = frozenset(spec.capabilities or ("chat",))
+        for entry in self._entries.values():
+            if entry.alias_of is None and wanted <= entry.capabilities:
+                return entry
+        if required:
+            raise CatalogError(
+                f"no served model can answer `{spec.id}` ({', '.join(sorted(wanted))}); "
+                "name one with `serves`"
+            )
+        return None
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def get(self, model_id: str) -> CatalogEntry | None:
+        """The entry of exactly ``model_id``, whatever its status and access."""
+        return self._entries.get(model_id)
+
+    def resolve(
+        self, model_id: str, *, caller: Caller = ANONYMOUS, today: date | None = None
+    ) -> CatalogEntry:
+        """The entry that answers ``model_id`` for ``caller`` on ``today``.
+
+        Raises :class:`ModelNotFoundError` (404) for unknown ids and for models the caller may
+        not use (the same answer, so access does not reveal existence) and, with a message that
+        names the replacement, for retired models.
+        """
+        day = today or system_clock()
+        entry = self._entries.get(model_id) or self._stable(model_id, caller, day)
+        if entry is None or not caller.may_use(entry.names, entry.tiers):
+            raise ModelNotFoundError(model_id)
+        if entry.status(day) is Status.RETIRED:
+            raise ModelNotFoundError(model_id, message=entry.lifecycle.retired_message(model_id))
+        return entry
+
+    def _stable(self, alias: str, caller: Caller, today: date) -> CatalogEntry | None:
+        """The newest snapshot ``alias`` points at on ``today`` that ``caller`` may use."""
+        candidates = [
+            e
+            for e in self._entries.values()
+            if e.stable_alias == alias
+            and (e.stable_since is None or e.stable_since <= today)
+            and e.status(today) is not Status.RETIRED
+            and caller.may_use(e.names, e.tiers)
+        ]
+        return max(candidates, key=lambda e: e.stable_since or date.min, default=None)
+
+    def visible(self, *, caller: Caller = ANONYMOUS, today: date | None = None) -> list[str]:
+        """The public ids ``caller`` may use on ``today`` (stable aliases after their
+        snapshots), in catalog order."""
+        day = today or system_clock()
+        ids: list[str] = []
+        for entry in self._entries.values():
+            if entry.status(day) is not Status.RETIRED and caller.may_use(entry.names, entry.tiers):
+                ids.append(entry.id)
+        for alias in dict.fromkeys(e.stable_alias for e in self._entries.values()):
+            if alias and alias not in self._entries and self._stable(alias, caller, day):
+                ids.append(alias)
+        return ids
 
     def entries(self) -> list[CatalogEntry]:
-        """Every public model id, in order."""
+        """Every entry, in order (retired and restricted ones included)."""
         return list(self._entries.values())
 
-    def backends(self) -> list[Backend]:
+    def stable_aliases(self) -> list[str]:
+        """Every stable alias name that is not itself an entry."""
+        names = dict.fromkeys(e.stable_alias for e in self._entries.values() if e.stable_alias)
+        return [name for name in names if name not in self._entries]
+
+    def backends(self) -> list[AnyBackend]:
         """Each distinct backend once, in order."""
-        unique: dict[int, Backend] = {}
+        unique: dict[int, AnyBackend] = {}
         for entry in self._entries.values():
             unique.setdefault(id(entry.backend), entry.backend)
         return list(unique.values())
+
+
+def _pick(spec: ModelSpec, name: str, default: Any) -> Any:
+    """``spec.name`` if the spec gives it (TOML has no null, so None means "not given")."""
+    value = getattr(spec, name)
+    return default if value is None else value

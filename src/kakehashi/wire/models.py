@@ -8,12 +8,13 @@ from kakehashi.wire.base import WireModel
 
 
 class ModelCard(WireModel):
-    """One model the server offers."""
+    """One model the server offers; ``shutdown_date`` (``YYYY-MM-DD``) once one is announced."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    shutdown_date: str | None = None
 
 
 class ModelList(WireModel):

@@ -1,0 +1,78 @@
+"""The built-in catalog: OpenAI's published migration table of 2024-01-04, as data.
+
+``data/openai_2024_01_04.toml`` lists every retired model with its endpoint, published price and
+recommended replacement. :func:`builtin_specs` turns it into catalog entries served by whatever
+local model has the capability, so old code keeps working until the shutdown day and gets a
+404 naming the replacement afterwards. The two edit models are the exception: kakehashi keeps
+``/v1/edits`` alive for old code, so they stay served (deprecated, never shut down).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from typing import Any, Literal
+
+from kakehashi.settings import ModelSpec
+
+MIGRATION_TABLE = "openai_2024_01_04.toml"
+Endpoint = Literal["completions", "embeddings", "edits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One row of the table: ``model`` on ``endpoint`` retires on ``shutdown_on``."""
+
+    model: str
+    endpoint: Endpoint
+    announced_on: date
+    shutdown_on: date
+    replacement: str
+    price_per_1k: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the data file writes it (without the table-wide dates)."""
+        row: dict[str, Any] = {"model": self.model, "endpoint": self.endpoint}
+        if self.price_per_1k is not None:
+            row["price_per_1k"] = self.price_per_1k
+        row["replacement"] = self.replacement
+        return row
+
+
+def migration_table() -> list[Migration]:
+    """The rows of the 2024-01-04 migration, in published order."""
+    text = resources.files(__package__).joinpath("data", MIGRATION_TABLE).read_text("utf-8")
+    data = tomllib.loads(text)
+    return [
+        Migration(
+            model=row["model"],
+            endpoint=row["endpoint"],
+            announced_on=data["announced_on"],
+            shutdown_on=data["shutdown_on"],
+            replacement=row["replacement"],
+            price_per_1k=row.get("price_per_1k"),
+        )
+        for row in data["models"]
+    ]
+
+
+def _spec(row: Migration) -> ModelSpec:
+    price = None if row.price_per_1k is None else round(row.price_per_1k * 1000, 6)
+    kept = row.endpoint == "edits"
+    return ModelSpec(
+        id=row.model,
+        owned_by="openai",
+        capabilities=(row.endpoint,),
+        input_price=price,
+        output_price=price if row.endpoint != "embeddings" else None,
+        deprecated_on=row.announced_on,
+        shutdown_on=None if kept else row.shutdown_on,
+        replacement=row.replacement,
+    )
+
+
+def builtin_specs() -> list[ModelSpec]:
+    """Catalog entries for every row of the migration table."""
+    return [_spec(row) for row in migration_table()]
