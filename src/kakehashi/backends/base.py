@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kakehashi.errors import ServiceUnavailableError
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from kakehashi.wire.completions import CompletionRequest, CompletionResponse
 from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -24,6 +26,22 @@ class ServedModel:
     owned_by: str = "kakehashi"
     capabilities: frozenset[str] = GENERATIVE
     context_window: int | None = None
+
+
+def served_as(
+    model_ids: Iterable[str], *, owned_by: str, capabilities: frozenset[str] = GENERATIVE
+) -> list[ServedModel]:
+    """One :class:`ServedModel` per distinct id, in order, all created now."""
+    created = int(time.time())
+    return [
+        ServedModel(m, created, owned_by, capabilities=capabilities)
+        for m in dict.fromkeys(model_ids)
+    ]
+
+
+def not_loaded() -> ServiceUnavailableError:
+    """The 503 a backend raises when asked to serve before :meth:`AnyBackend.start`."""
+    return ServiceUnavailableError("The model is not loaded yet; try again shortly.")
 
 
 class AnyBackend(Protocol):

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kakehashi.backends.base import EMBEDDING, ServedModel
+from kakehashi.backends.base import EMBEDDING, ServedModel, not_loaded, served_as
 from kakehashi.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -173,11 +172,7 @@ class LocalEmbeddingBackend:
         owned_by: str = "kakehashi",
     ) -> None:
         self._load = load
-        created = int(time.time())
-        self._served = [
-            ServedModel(m, created, owned_by, capabilities=EMBEDDING)
-            for m in dict.fromkeys(model_ids)
-        ]
+        self._served = served_as(model_ids, owned_by=owned_by, capabilities=EMBEDDING)
         self._model: EmbedderLike | None = None
         self._batcher: Batcher | None = None
 
@@ -219,14 +214,14 @@ class LocalEmbeddingBackend:
     def batcher(self) -> Batcher:
         """The running batcher; raises 503 before :meth:`start`."""
         if self._batcher is None:
-            raise ServiceUnavailableError("The model is not loaded yet; try again shortly.")
+            raise not_loaded()
         return self._batcher
 
     @property
     def model(self) -> EmbedderLike:
         """The loaded model; raises 503 before :meth:`start`."""
         if self._model is None:
-            raise ServiceUnavailableError("The model is not loaded yet; try again shortly.")
+            raise not_loaded()
         return self._model
 
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:

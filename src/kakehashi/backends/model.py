@@ -1,0 +1,106 @@
+"""The model the local backend serves: what it needs of the engine, and how it is loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from kakehashi.engine.params import GenerationChunk, SamplingParams
+from kakehashi.settings import DEMO_MODEL_ID, Settings
+
+
+class TokenizerLike(Protocol):
+    """The part of :class:`kakehashi.engine.tokenizer.Tokenizer` this backend uses."""
+
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str: ...
+    def token_bytes(self, token_id: int) -> bytes: ...
+    def token_text(self, token_id: int) -> str: ...
+    def is_special(self, token_id: int) -> bool: ...
+
+
+class EngineLike(Protocol):
+    """The part of :class:`kakehashi.engine.async_engine.AsyncEngine` this backend uses."""
+
+    @property
+    def tokenizer(self) -> TokenizerLike: ...
+    @property
+    def max_model_len(self) -> int: ...
+    def start(self) -> None: ...
+    async def shutdown(self) -> None: ...
+    def generate(
+        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]: ...
+
+
+class TemplateLike(Protocol):
+    """The part of :class:`kakehashi.engine.chat_template.ChatTemplate` this backend uses."""
+
+    def render(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list | None = None,
+    ) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """Everything the backend needs once a model is loaded."""
+
+    engine: EngineLike
+    chat_template: TemplateLike
+    fingerprint: str
+
+
+def default_model_id(settings: Settings) -> str:
+    """The public id of the served model: the configured name, else the directory name (or
+    the hub id as given), else the demo id."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    if settings.model is None:
+        return DEMO_MODEL_ID
+    path = Path(settings.model).expanduser()
+    return path.resolve().name if path.is_dir() else settings.model
+
+
+def fingerprint(model_dir: Path, dtype: str) -> str:
+    """A ``system_fingerprint`` that changes when the weights' config, dtype or version do."""
+    version = importlib.metadata.version("kakehashi")
+    digest = hashlib.sha256(f"{version}|{dtype}|".encode())
+    config = model_dir / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    return "fp_" + digest.hexdigest()[:10]
+
+
+def load_local_model(settings: Settings) -> LoadedModel:
+    """Resolve, load and wrap the configured model (blocking; seconds to minutes)."""
+    # Imported here: loading torch is slow, and only serving needs it.
+    from kakehashi.engine.builder import build_async_engine
+    from kakehashi.engine.chat_template import ChatTemplate
+    from kakehashi.engine.models.loader import resolve_model_source
+    from kakehashi.engine.models.tiny import demo_model_dir
+
+    if settings.model is None:
+        model_dir = demo_model_dir(settings.data_dir)
+    else:
+        model_dir = resolve_model_source(settings.model)
+    engine = build_async_engine(
+        model_dir,
+        max_model_len=settings.max_model_len,
+        dtype=settings.dtype,
+        threads=settings.threads,
+        max_num_seqs=settings.max_num_seqs,
+    )
+    return LoadedModel(
+        engine, ChatTemplate.from_dir(model_dir), fingerprint(model_dir, settings.dtype)
+    )

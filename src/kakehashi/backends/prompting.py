@@ -1,0 +1,114 @@
+"""From a request to what the engine runs: prompt token ids, the completion budget that fits
+the context window, and :class:`SamplingParams`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kakehashi.backends.model import TemplateLike, TokenizerLike
+from kakehashi.engine.params import SamplingParams
+from kakehashi.errors import ContextLengthExceededError, InvalidRequestError
+from kakehashi.wire.chat import ChatCompletionRequest
+from kakehashi.wire.completions import CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt as the engine sees it, and as ``echo`` returns it."""
+
+    ids: list[int]
+    text: str
+
+
+def chat_prompt(
+    request: ChatCompletionRequest, template: TemplateLike, tokenizer: TokenizerLike
+) -> Prompt:
+    """The request's messages (and tools) rendered with the model's template, tokenized."""
+    messages = [m.template_dict() for m in request.messages]
+    text = template.render(messages, add_generation_prompt=True, tools=request.tools)
+    return Prompt(tokenizer.encode(text), text)
+
+
+def legacy_prompt(prompt: str | list[int], tokenizer: TokenizerLike) -> Prompt:
+    """One prompt of a legacy completion: text to tokenize, or token ids to check."""
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt, add_special_tokens=True)
+        if not ids:  # like OpenAI's default prompt, start from the end-of-text token
+            ids = [tokenizer.eos_token_ids[-1]]
+        return Prompt(ids, prompt)
+    bad = [t for t in prompt if t >= tokenizer.vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"Invalid token id {bad[0]} in 'prompt': this model's vocabulary has "
+            f"{tokenizer.vocab_size} tokens.",
+            param="prompt",
+        )
+    return Prompt(list(prompt), tokenizer.decode(prompt))
+
+
+def check_legacy_options(request: CompletionRequest) -> None:
+    """Refuse the legacy options this server does not implement."""
+    if request.suffix:
+        raise InvalidRequestError("This model does not support `suffix`.", param="suffix")
+    if request.best_of is not None and request.best_of > (request.n or 1):
+        raise InvalidRequestError(
+            "`best_of` greater than `n` is not supported by this server.", param="best_of"
+        )
+
+
+def completion_budget(prompt_tokens: int, limit: int | None, window: int, param: str) -> int:
+    """The completion length to ask for: ``limit``, else the rest of the ``window``. Raises
+    :class:`ContextLengthExceededError` (naming ``param``) when they do not fit."""
+    noun = "messages" if param == "messages" else "prompt"
+    if limit is None:
+        if prompt_tokens >= window:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {window} tokens. However, your "
+                f"{noun} resulted in {prompt_tokens} tokens. Please reduce the length of "
+                f"the {noun}.",
+                param=param,
+            )
+        return window - prompt_tokens
+    if prompt_tokens + limit > window:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {window} tokens. However, you "
+            f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the {noun}, "
+            f"{limit} in the completion). Please reduce the length of the {noun} or "
+            "completion.",
+            param=param,
+        )
+    return limit
+
+
+def sampling_params(
+    request: ChatCompletionRequest | CompletionRequest,
+    *,
+    vocab_size: int,
+    max_tokens: int,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
+    """The request's sampling options, with OpenAI's defaults filled in; ``logit_bias`` keys
+    must be token ids of the vocabulary."""
+    bias: dict[int, float] = {}
+    for key, value in (request.logit_bias or {}).items():
+        token = int(key)
+        if token >= vocab_size:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': token id {token} is out of range; this "
+                f"model's vocabulary has {vocab_size} tokens.",
+                param="logit_bias",
+            )
+        bias[token] = value
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        logit_bias=bias,
+        stop=tuple(s for s in request.stop or () if s),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
