@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from kakehashi.engine.engine import EngineStats, LLMEngine
+from kakehashi.engine.engine import EngineOverloadedError, EngineStats, LLMEngine
 from kakehashi.engine.models.base import ModelConfig
 from kakehashi.engine.params import GenerationChunk, SamplingParams
 from kakehashi.engine.tokenizer import Tokenizer
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 class EngineError(ServerError):
     """The engine failed (or was shut down) and cannot serve this request."""
+
+
+__all__ = ["AsyncEngine", "EngineError", "EngineOverloadedError"]
 
 
 @dataclass(slots=True)
@@ -99,8 +102,9 @@ class AsyncEngine:
     ) -> AsyncIterator[GenerationChunk]:
         """Stream the chunks of one request; the last has ``finished=True``.
 
-        Raises ValueError for an impossible request and :class:`EngineError` if the engine
-        failed or is shut down. Leaving the iteration early (break, cancel) aborts the request.
+        Raises ValueError for an impossible request, :class:`EngineOverloadedError` (503) when
+        the waiting queue is full, and :class:`EngineError` if the engine failed or is shut
+        down. Leaving the iteration early (break, cancel) aborts the request.
         """
         ids = list(prompt_token_ids)
         self.engine.validate_request(ids, params)
@@ -109,6 +113,7 @@ class AsyncEngine:
             self._check_usable()
             if request_id in self._streams:
                 raise ValueError(f"request {request_id!r} is already running")
+            self.engine.check_queue(len(self._adds))
             self._streams[request_id] = stream
             self._adds.append((request_id, ids, params))
             self._cond.notify_all()
@@ -170,7 +175,7 @@ class AsyncEngine:
     def _add(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
         try:
             self.engine.add_request(request_id, ids, params)
-        except ValueError as exc:
+        except (ValueError, EngineOverloadedError) as exc:
             with self._cond:
                 stream = self._streams.pop(request_id, None)
             if stream is not None:

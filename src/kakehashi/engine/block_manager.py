@@ -46,6 +46,10 @@ class BlockManager:
         self._free_plain: deque[int] = deque(range(num_blocks))
         self._free_cached: OrderedDict[int, None] = OrderedDict()
         self._hash_to_block: dict[int, int] = {}
+        # Prefix hashes of full blocks that running sequences are computing right now, with
+        # how many sequences compute each: a request with the same prefix (the n choices of
+        # one prompt) waits for them instead of computing the same blocks again.
+        self._in_flight: dict[int, int] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -81,6 +85,19 @@ class BlockManager:
             hashes.append(h)
             parent = h
         return matched, hashes
+
+    def prefix_in_flight(self, seq: Sequence) -> bool:
+        """Whether the first block of ``seq`` missing from the cache is being computed by a
+        running sequence, so that waiting a step or two would turn it into a cache hit."""
+        if not self._in_flight:
+            return False
+        matched, hashes = self._match_prefix(seq)
+        i = len(matched)
+        if seq.params.prompt_logprobs is not None or i >= (seq.num_tokens - 1) // self.block_size:
+            return False
+        bs = self.block_size
+        tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+        return block_hash(hashes[-1] if hashes else None, tokens) in self._in_flight
 
     def can_allocate(self, seq: Sequence) -> bool:
         """Whether ``seq`` (waiting, holding no blocks) fits in the pool right now."""
@@ -128,7 +145,33 @@ class BlockManager:
         seq.block_table = table
         seq.block_hashes = hashes
         seq.num_computed_tokens = len(matched) * self.block_size
+        self._mark_in_flight(seq)
         return seq.num_computed_tokens
+
+    def _mark_in_flight(self, seq: Sequence) -> None:
+        """Record the hashes of the full blocks ``seq`` is about to compute."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        parent = seq.block_hashes[-1] if seq.block_hashes else None
+        pending: list[int] = []
+        for i in range(len(seq.block_hashes), seq.num_tokens // bs):
+            parent = block_hash(parent, tuple(seq.token_ids[i * bs : (i + 1) * bs]))
+            pending.append(parent)
+            self._in_flight[parent] = self._in_flight.get(parent, 0) + 1
+        seq.in_flight_hashes = pending
+
+    def _clear_in_flight(self, seq: Sequence, count: int | None = None) -> None:
+        """Forget the first ``count`` (default all) of ``seq``'s in-flight hashes."""
+        pending = seq.in_flight_hashes
+        done = pending if count is None else pending[:count]
+        for h in done:
+            left = self._in_flight[h] - 1
+            if left:
+                self._in_flight[h] = left
+            else:
+                del self._in_flight[h]
+        seq.in_flight_hashes = [] if count is None else pending[count:]
 
     def can_append(self, seq: Sequence, num_tokens: int) -> bool:
         """Whether ``seq`` can grow to hold ``num_tokens`` tokens."""
@@ -147,7 +190,10 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        for i in range(len(seq.block_hashes), seq.num_computed_tokens // bs):
+        first = len(seq.block_hashes)
+        if seq.in_flight_hashes:
+            self._clear_in_flight(seq, seq.num_computed_tokens // bs - first)
+        for i in range(first, seq.num_computed_tokens // bs):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             parent = seq.block_hashes[-1] if seq.block_hashes else None
             h = block_hash(parent, tokens)
@@ -161,6 +207,7 @@ class BlockManager:
 
     def free(self, seq: Sequence) -> None:
         """Release ``seq``'s blocks; cached ones stay reusable until evicted."""
+        self._clear_in_flight(seq)
         # Tail blocks first, so the LRU evicts the end of a prefix before its start.
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]

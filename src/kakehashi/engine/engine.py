@@ -19,9 +19,40 @@ from kakehashi.engine.sampler import sample, token_logprobs
 from kakehashi.engine.scheduler import ScheduledSequence, Scheduler
 from kakehashi.engine.sequence import Sequence
 from kakehashi.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from kakehashi.errors import ServiceUnavailableError
 
-# Default KV budget when neither a block count nor a byte budget is given.
+# Default KV budget when neither a block count nor a byte budget is given: at most this, and
+# at most DEFAULT_KV_CACHE_RAM_FRACTION of the memory available when the engine starts.
 DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
+DEFAULT_KV_CACHE_RAM_FRACTION = 0.4
+DEFAULT_MAX_QUEUE_LEN = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 1024
+
+
+class EngineOverloadedError(ServiceUnavailableError):
+    """The waiting queue is full: the request is refused now rather than queued forever."""
+
+    default_code = "engine_overloaded"
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still hand out (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def default_kv_cache_bytes() -> int:
+    """The KV budget used when none is configured (see :data:`DEFAULT_KV_CACHE_BYTES`)."""
+    free = available_memory_bytes()
+    if free is None:
+        return DEFAULT_KV_CACHE_BYTES
+    return min(DEFAULT_KV_CACHE_BYTES, int(free * DEFAULT_KV_CACHE_RAM_FRACTION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +60,24 @@ class EngineConfig:
     """How the engine batches and how big its KV cache is.
 
     The KV pool is ``num_kv_blocks`` blocks if given, else as many as ``kv_cache_bytes`` holds,
-    else enough for ``max_num_seqs`` sequences of ``max_model_len`` tokens capped at
-    :data:`DEFAULT_KV_CACHE_BYTES`. It always holds at least one full-length sequence.
+    else enough for ``max_num_seqs`` sequences of ``max_model_len`` tokens capped by
+    :func:`default_kv_cache_bytes`. It always holds at least one full-length sequence.
+    ``max_num_batched_tokens`` bounds the tokens of one step (long prompts are prefilled in
+    chunks of at most that, mixed with the decodes of running requests). At most
+    ``max_queue_len`` requests wait for admission (None: no limit); beyond that
+    :class:`EngineOverloadedError` is raised. ``prepack_weights`` lets the model keep
+    matmul-friendly copies of its weights (faster, more memory) if it knows how.
     """
 
     max_model_len: int
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     block_size: int = 16
     num_kv_blocks: int | None = None
     kv_cache_bytes: int | None = None
     enable_prefix_caching: bool = True
+    max_queue_len: int | None = DEFAULT_MAX_QUEUE_LEN
+    prepack_weights: bool = True
 
     def resolve_num_blocks(self, bytes_per_block: int) -> int:
         """The number of KV blocks this config asks for, given the size of one block."""
@@ -49,7 +87,7 @@ class EngineConfig:
         elif self.kv_cache_bytes is not None:
             wanted = self.kv_cache_bytes // bytes_per_block
         else:
-            wanted = min(self.max_num_seqs * per_seq, DEFAULT_KV_CACHE_BYTES // bytes_per_block)
+            wanted = min(self.max_num_seqs * per_seq, default_kv_cache_bytes() // bytes_per_block)
         return max(wanted, per_seq)
 
 
@@ -64,6 +102,7 @@ class EngineStats:
     num_cached_blocks: int
     num_preemptions: int
     num_steps: int
+    num_batched_tokens: int = 0  # tokens fed to the model since start (prompt and decode)
 
 
 class LLMEngine:
@@ -76,6 +115,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         mc = model.config
+        prepack = getattr(model, "prepack_weights", None)
+        if config.prepack_weights and callable(prepack):
+            prepack()
         dtype = _model_dtype(model)
         device = _model_device(model)
         per_block = KVCache.bytes_per_block(
@@ -110,6 +152,7 @@ class LLMEngine:
         self._sequences: dict[str, Sequence] = {}
         self._pending: list[GenerationChunk] = []  # final chunks of aborted requests
         self.num_steps = 0  # forward passes run, for metrics and tests
+        self.num_batched_tokens = 0  # tokens fed to those forward passes
 
     # -- public API ------------------------------------------------------------------------
 
@@ -136,6 +179,7 @@ class LLMEngine:
             num_cached_blocks=blocks.num_cached_blocks,
             num_preemptions=scheduler.num_preemptions,
             num_steps=self.num_steps,
+            num_batched_tokens=self.num_batched_tokens,
         )
 
     def validate_request(self, prompt_token_ids: Iterable[int], params: SamplingParams) -> None:
@@ -154,6 +198,16 @@ class LLMEngine:
         if params.max_tokens < 0:
             raise ValueError("max_tokens must not be negative")
 
+    def check_queue(self, pending: int) -> None:
+        """Raise :class:`EngineOverloadedError` if the waiting queue (plus ``pending`` requests
+        about to join it) is full. Safe from any thread (the count may be stale)."""
+        limit = self.config.max_queue_len
+        if limit is not None and len(self.scheduler.waiting) + pending >= limit:
+            raise EngineOverloadedError(
+                f"The server is overloaded: {limit} requests are already waiting. "
+                "Please retry later."
+            )
+
     def add_request(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
     ) -> None:
@@ -162,6 +216,7 @@ class LLMEngine:
         self.validate_request(ids, params)
         if request_id in self._sequences:
             raise ValueError(f"request {request_id!r} is already running")
+        self.check_queue(0)
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
@@ -198,6 +253,7 @@ class LLMEngine:
             return chunks
         out = self.runner.run(plan.scheduled)
         self.num_steps += 1
+        self.num_batched_tokens += plan.num_batched_tokens
         chunks.extend(self._process(plan.scheduled, out))
         return chunks
 
@@ -223,8 +279,9 @@ class LLMEngine:
         if not keep:
             return chunks
         sampling = [ready[k] for k in keep]
+        logits = out.sample_logits if len(keep) == len(ready) else out.sample_logits[keep]
         result = sample(
-            out.sample_logits[keep],
+            logits,
             [seq.params for seq in sampling],
             [seq.generator for seq in sampling],
             [seq.output_token_ids for seq in sampling],

@@ -33,6 +33,10 @@ class KVCache:
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._flat = [
+            (k.view(-1, *shape[2:]), v.view(-1, *shape[2:]))
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
 
     @staticmethod
     def bytes_per_block(
@@ -44,8 +48,7 @@ class KVCache:
 
     def flat(self, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer_index``'s keys and values as (num_slots, Hkv, D) views."""
-        k, v = self.keys[layer_index], self.values[layer_index]
-        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
+        return self._flat[layer_index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,10 @@ class PagedAttentionContext:
     """The :class:`~kakehashi.engine.models.base.AttentionContext` for one step.
 
     ``attend`` writes the step's keys/values into their slots, then attends per sequence over
-    its whole context, gathered block by block. Single-token (decode) sequences share one
-    padded SDPA call.
+    its whole context. Everything that depends only on the batch layout (gather indices,
+    masks, row ranges) is built once here and reused by every layer. A prompt fed from its
+    first token attends to this step's keys directly, without a gather; single-token (decode)
+    sequences share one padded SDPA call over their gathered blocks.
     """
 
     def __init__(
@@ -93,67 +98,137 @@ class PagedAttentionContext:
         self.cache = cache
         self.new_slots = new_slots  # (T,) slot of each packed token
         self.sequences = list(sequences)
-        device = new_slots.device
-        self._prefills = [s for s in self.sequences if s.num_new > 1 or s.context_len == 1]
-        decodes = [s for s in self.sequences if s.num_new == 1 and s.context_len > 1]
-        self._decode_rows: torch.Tensor | None = None
-        if decodes:
-            max_blocks = max(len(s.block_ids) for s in decodes)
-            blocks = torch.zeros((len(decodes), max_blocks), dtype=torch.long, device=device)
-            for i, s in enumerate(decodes):
-                blocks[i, : len(s.block_ids)] = s.block_ids
-            lengths = torch.tensor([s.context_len for s in decodes], device=device)
-            key_pos = torch.arange(max_blocks * cache.block_size, device=device)
-            self._decode_rows = torch.tensor([s.query_start for s in decodes], device=device)
-            self._decode_blocks = blocks  # (B, max_blocks), padded with block 0
-            self._decode_mask = (key_pos[None, :] < lengths[:, None])[:, None, None, :]
-            # _decode_mask: (B, 1, 1, max_blocks * block_size), True for real keys
+        dtype = cache.keys[0].dtype if cache.keys else torch.float32
+        self._prefills = [_PrefillPlan.of(s, dtype) for s in self.sequences if _is_prefill(s)]
+        decodes = [s for s in self.sequences if not _is_prefill(s)]
+        self._decodes = _DecodePlan.of(decodes, cache.block_size, dtype) if decodes else None
 
     def attend(
         self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         k_flat, v_flat = self.cache.flat(layer_index)
-        k_flat.index_copy_(0, self.new_slots, k.to(k_flat.dtype))
-        v_flat.index_copy_(0, self.new_slots, v.to(v_flat.dtype))
+        if k.dtype != k_flat.dtype:
+            k, v = k.to(k_flat.dtype), v.to(v_flat.dtype)
+        k_flat.index_copy_(0, self.new_slots, k)
+        v_flat.index_copy_(0, self.new_slots, v)
         k_cache, v_cache = self.cache.keys[layer_index], self.cache.values[layer_index]
+        parts: list[tuple[slice | torch.Tensor, torch.Tensor]] = []
+        for plan in self._prefills:
+            rows = plan.rows
+            parts.append((rows, plan.attend(q[rows], k[rows], v[rows], k_cache, v_cache)))
+        if self._decodes is not None:
+            rows = self._decodes.rows
+            parts.append((rows, self._decodes.attend(q[rows], k_cache, v_cache)))
+        if len(parts) == 1 and isinstance(parts[0][0], slice):
+            rows, o = parts[0]
+            if rows.start == 0 and rows.stop == q.shape[0]:
+                return o
         out = torch.empty_like(q)  # (T, Hq, D)
-        for s in self._prefills:
-            rows = slice(s.query_start, s.query_start + s.num_new)
-            out[rows] = self._attend_one(s, q[rows], k_cache, v_cache)
-        if self._decode_rows is not None:
-            rows_t = self._decode_rows
-            out[rows_t] = self._attend_decodes(q[rows_t], k_cache, v_cache)
+        for rows, o in parts:
+            out[rows] = o
         return out
 
-    @staticmethod
-    def _attend_one(
-        s: SequenceSlice, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
-    ) -> torch.Tensor:
-        """q (n, Hq, D) against the sequence's context; caches (num_blocks, bs, Hkv, D)."""
-        qs = q.transpose(0, 1)  # (Hq, n, D)
-        L = s.context_len
-        ks = k_cache.index_select(0, s.block_ids).flatten(0, 1)[:L].transpose(0, 1)
-        vs = v_cache.index_select(0, s.block_ids).flatten(0, 1)[:L].transpose(0, 1)
-        # ks, vs: (Hkv, L, D)
-        if s.num_new == L:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
-        else:
-            # The queries are the last num_new positions: causal, aligned bottom-right.
-            rows = torch.arange(s.num_new, device=q.device)[:, None] + (L - s.num_new)
-            mask = torch.arange(L, device=q.device)[None, :] <= rows  # (n, L)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
-        return o.transpose(0, 1)  # (n, Hq, D)
 
-    def _attend_decodes(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+def _is_prefill(s: SequenceSlice) -> bool:
+    return s.num_new > 1 or s.context_len == 1
+
+
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``allowed``, -inf elsewhere: built once per step rather than by SDPA per layer."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _PrefillPlan:
+    """One sequence feeding several tokens: its rows, gather indices and causal mask."""
+
+    rows: slice
+    context_len: int
+    block_ids: torch.Tensor | None  # None: the context is exactly this step's tokens
+    mask: torch.Tensor | None  # (n, L) additive, when the queries do not start at position 0
+
+    @classmethod
+    def of(cls, s: SequenceSlice, dtype: torch.dtype) -> _PrefillPlan:
+        rows = slice(s.query_start, s.query_start + s.num_new)
+        L = s.context_len
+        if s.num_new == L:
+            return cls(rows, L, None, None)
+        device = s.block_ids.device
+        # The queries are the last num_new positions: causal, aligned bottom-right.
+        query_pos = torch.arange(L - s.num_new, L, device=device)[:, None]
+        allowed = torch.arange(L, device=device)[None, :] <= query_pos  # (n, L)
+        return cls(rows, L, s.block_ids, _additive_mask(allowed, dtype))
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
     ) -> torch.Tensor:
-        """q (B, Hq, D): one new token per sequence, all attended in one padded call."""
-        b = self._decode_blocks.shape[0]
-        flat = self._decode_blocks.flatten()
-        kd = k_cache.index_select(0, flat).view(b, -1, *k_cache.shape[2:]).transpose(1, 2)
-        vd = v_cache.index_select(0, flat).view(b, -1, *v_cache.shape[2:]).transpose(1, 2)
-        # kd, vd: (B, Hkv, max_blocks * block_size, D)
+        """q (n, Hq, D) → (n, Hq, D); k, v are this step's (n, Hkv, D) for the same rows."""
+        if self.block_ids is not None:
+            L = self.context_len
+            k = k_cache.index_select(0, self.block_ids).flatten(0, 1)[:L]  # (L, Hkv, D)
+            v = v_cache.index_select(0, self.block_ids).flatten(0, 1)[:L]
+        # 4-D inputs: CPU SDPA takes its fused (flash) kernel only for batched 4-D tensors.
         o = F.scaled_dot_product_attention(
-            q[:, :, None, :], kd, vd, attn_mask=self._decode_mask, enable_gqa=True
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=self.mask,
+            is_causal=self.mask is None,
+            enable_gqa=True,
+        )  # (1, Hq, n, D)
+        return o[0].transpose(0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodePlan:
+    """Every single-token sequence of the step, attended together over padded contexts."""
+
+    rows: slice | torch.Tensor
+    num_seqs: int
+    block_ids: torch.Tensor  # (B * max_blocks,) padded with block 0
+    key_len: int  # keys per sequence after padding (or the exact length when B == 1)
+    mask: torch.Tensor | None  # (B, 1, 1, key_len) additive: 0 for real keys, -inf for padding
+
+    @classmethod
+    def of(cls, decodes: list[SequenceSlice], block_size: int, dtype: torch.dtype) -> _DecodePlan:
+        device = decodes[0].block_ids.device
+        starts = [s.query_start for s in decodes]
+        if starts == list(range(starts[0], starts[0] + len(starts))):
+            rows: slice | torch.Tensor = slice(starts[0], starts[0] + len(starts))
+        else:
+            rows = torch.tensor(starts, dtype=torch.long, device=device)
+        if len(decodes) == 1:
+            s = decodes[0]
+            return cls(rows, 1, s.block_ids, s.context_len, None)
+        max_blocks = max(len(s.block_ids) for s in decodes)
+        padded = [
+            torch.nn.functional.pad(s.block_ids, (0, max_blocks - len(s.block_ids)))
+            for s in decodes
+        ]
+        lengths = torch.tensor([s.context_len for s in decodes], device=device)
+        key_pos = torch.arange(max_blocks * block_size, device=device)
+        allowed = (key_pos[None, :] < lengths[:, None])[:, None, None, :]
+        mask = _additive_mask(allowed, dtype)
+        return cls(rows, len(decodes), torch.cat(padded), max_blocks * block_size, mask)
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """q (B, Hq, D): one new token per sequence → (B, Hq, D)."""
+        b, L = self.num_seqs, self.key_len
+        kd = k_cache.index_select(0, self.block_ids).view(b, -1, *k_cache.shape[2:])[:, :L]
+        vd = v_cache.index_select(0, self.block_ids).view(b, -1, *v_cache.shape[2:])[:, :L]
+        # kd, vd: (B, L, Hkv, D) → (B, Hkv, L, D) for SDPA
+        o = F.scaled_dot_product_attention(
+            q[:, :, None, :],
+            kd.transpose(1, 2),
+            vd.transpose(1, 2),
+            attn_mask=self.mask,
+            enable_gqa=True,
         )  # (B, Hq, 1, D)
         return o[:, :, 0, :]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice, token_slots
+from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
 from kakehashi.engine.models.base import CausalLM
 from kakehashi.engine.scheduler import ScheduledSequence
 
@@ -39,7 +39,7 @@ class ModelRunner:
         bs = self.kv_cache.block_size
         input_ids: list[int] = []
         positions: list[int] = []
-        new_slots: list[torch.Tensor] = []
+        new_slots: list[int] = []
         slices: list[SequenceSlice] = []
         # Packed rows whose hidden states become logits, and what each one is for.
         wanted_rows: list[int] = []
@@ -51,7 +51,8 @@ class ModelRunner:
             query_start = len(input_ids)
             input_ids.extend(seq.token_ids[s.start : s.end])
             positions.extend(range(s.start, s.end))
-            new_slots.append(token_slots(seq.block_table, s.start, s.end, bs, self.device))
+            table = seq.block_table
+            new_slots.extend(table[p // bs] * bs + p % bs for p in range(s.start, s.end))
             num_blocks = -(-s.end // bs)
             block_ids = torch.tensor(
                 seq.block_table[:num_blocks], dtype=torch.long, device=self.device
@@ -68,12 +69,16 @@ class ModelRunner:
 
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        ctx = PagedAttentionContext(self.kv_cache, torch.cat(new_slots), slices)
+        slots = torch.tensor(new_slots, dtype=torch.long, device=self.device)
+        ctx = PagedAttentionContext(self.kv_cache, slots, slices)
         with torch.inference_mode():
             hidden = self.model.forward(ids, pos, ctx)  # (T, hidden)
-            rows = torch.tensor(wanted_rows, dtype=torch.long, device=self.device)
-            logits = self.model.compute_logits(hidden[rows]).float()  # (N, V)
+            if wanted_rows != list(range(len(input_ids))):
+                hidden = hidden[torch.tensor(wanted_rows, dtype=torch.long, device=self.device)]
+            logits = self.model.compute_logits(hidden).float()  # (N, V)
 
         prompt_logits = {i: logits[a : a + n] for i, (a, n) in prompt_spans.items()}
-        sample_logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
+        if sample_rows != list(range(logits.shape[0])):
+            logits = logits[torch.tensor(sample_rows, dtype=torch.long, device=self.device)]
+        sample_logits = logits
         return RunnerOutput(sample_logits, sample_indices, prompt_logits)

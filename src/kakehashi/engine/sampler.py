@@ -60,7 +60,9 @@ def apply_penalties_and_bias(
     params: Sequence[SamplingParams],
     output_token_ids: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """A copy of ``logits`` (N, V) with each row's logit_bias and penalties applied."""
+    """``logits`` (N, V) with each row's logit_bias and penalties applied (a copy if any)."""
+    if not any(p.logit_bias or p.presence_penalty or p.frequency_penalty for p in params):
+        return logits
     out = logits.clone()
     vocab = out.shape[-1]
     for i, p in enumerate(params):
@@ -105,16 +107,15 @@ def sample(
     if not (len(params) == len(generators) == len(output_token_ids) == n):
         raise ValueError("one params, generator and output list is needed per row")
     processed = apply_penalties_and_bias(logits.float(), params, output_token_ids)
-    chosen: list[int] = []
+    # Greedy rows are decided together: one argmax and one sync for the whole batch.
+    chosen: list[int] = torch.argmax(processed, dim=-1).tolist()
     for i, p in enumerate(params):
-        row = processed[i]
         if p.temperature <= 0.0:
-            chosen.append(int(torch.argmax(row)))
             continue
-        probs = torch.softmax(row / p.temperature, dim=-1)
+        probs = torch.softmax(processed[i] / p.temperature, dim=-1)
         probs = _top_p_filter(probs, p.top_p)
         token = torch.multinomial(probs, 1, generator=generators[i])
-        chosen.append(int(token))
+        chosen[i] = int(token)
 
     wants = [i for i, p in enumerate(params) if p.logprobs is not None]
     logprobs: list[TokenLogprob | None] = [None] * n

@@ -117,7 +117,7 @@ class Scheduler:
             and len(self.running) < self.max_num_seqs
         ):
             seq = self.waiting[0]
-            if not bm.can_allocate(seq):
+            if bm.prefix_in_flight(seq) or not bm.can_allocate(seq):
                 break
             self.waiting.popleft()
             cached = bm.allocate(seq)

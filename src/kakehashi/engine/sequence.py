@@ -48,6 +48,8 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []
+        # Hashes of the full prompt blocks this sequence is computing (see BlockManager).
+        self.in_flight_hashes: list[int] = []
         self.num_computed_tokens = 0
         # Prompt tokens found in the prefix cache at first admission (reported to the client).
         self.num_cached_tokens: int | None = None

@@ -158,3 +158,26 @@ def test_reset_prefix_cache_forgets_free_cached_blocks():
     assert bm.num_cached_blocks == 0
     assert bm.num_free_blocks == 8
     assert bm.allocate(make_seq(list(range(9)), "b")) == 0
+
+
+def test_a_prefix_being_computed_is_reported_in_flight_until_cached_or_freed():
+    bm = BlockManager(16, BS)
+    first = make_seq(list(range(10)), "first")
+    twin = make_seq(list(range(10)), "twin")
+    other = make_seq(list(range(50, 60)), "other")
+    bm.allocate(first)
+    assert bm.prefix_in_flight(twin)
+    assert not bm.prefix_in_flight(other)
+    compute_all(bm, first)  # its full blocks are now cached: the twin gets them as hits
+    assert not bm.prefix_in_flight(twin)
+    assert bm.allocate(twin) == 8
+    bm.free(twin)
+    # A sequence freed before computing its blocks no longer holds anyone back.
+    bm.reset_prefix_cache()
+    bm.free(first)
+    bm.reset_prefix_cache()
+    bm.allocate(other)
+    late = make_seq(list(range(50, 60)), "late")
+    assert bm.prefix_in_flight(late)
+    bm.free(other)
+    assert not bm.prefix_in_flight(late)

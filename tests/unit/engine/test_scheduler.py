@@ -146,3 +146,14 @@ def test_prefix_cache_hit_skips_computed_tokens():
     out = run_step(sched)
     assert plan(out) == [("b", 8, 2)]
     assert b.num_cached_tokens == 8
+
+
+def test_same_prompt_waits_for_the_blocks_being_computed_then_shares_them():
+    sched = make_scheduler(budget=64)
+    a = add(sched, "a", 10, first=300)
+    b = add(sched, "b", 10, first=300)
+    assert plan(run_step(sched)) == [("a", 0, 10)]  # b waits: its prefix is being computed
+    assert b.status is SequenceStatus.WAITING
+    # Next step a decodes and b is admitted with a's two full blocks as cache hits.
+    assert plan(run_step(sched)) == [("a", 10, 1), ("b", 8, 2)]
+    assert b.block_table[:2] == a.block_table[:2]

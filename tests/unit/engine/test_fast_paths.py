@@ -1,0 +1,53 @@
+"""The CPU fast paths of the Llama model (matrix-vector for one token, prepacked oneDNN
+weights for several) compute the same function as the plain layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_context import ReferenceContext
+
+from kakehashi.engine.models.llama import RMSNorm
+from kakehashi.engine.models.loader import load_model
+
+
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bfloat16 on this CPU"
+)
+@pytest.mark.parametrize("arch_dir", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_prepacked_bfloat16_model_matches_the_plain_one(arch_dir, request):
+    model_dir = request.getfixturevalue(arch_dir)
+    plain = load_model(model_dir, dtype=torch.bfloat16)
+    packed = load_model(model_dir, dtype=torch.bfloat16)
+    assert packed.prepack_weights()
+    tokens = torch.tensor([5, 17, 300, 42, 9, 1000, 7])
+
+    def logits(model, ids: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            ctx = ReferenceContext()
+            prompt = model.forward(ids[:-1], torch.arange(len(ids) - 1), ctx)  # T > 1
+            last = model.forward(ids[-1:], torch.tensor([len(ids) - 1]), ctx)  # T == 1
+            return model.compute_logits(torch.cat((prompt, last)))
+
+    want, got = logits(plain, tokens), logits(packed, tokens)
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_fp32_models_are_not_prepacked(tiny_llama_dir):
+    model = load_model(tiny_llama_dir)
+    assert not model.prepack_weights()
+    assert all(not hasattr(m, "packed_weight") for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_the_upcast_normalize_cast_back_formula(dtype):
+    norm = RMSNorm(576, 1e-5, dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(576) + 0.5)
+    x = (torch.randn(9, 576, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    x32 = x.float()
+    want = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    with torch.inference_mode():
+        got = norm(x)
+    torch.testing.assert_close(got, want, atol=0, rtol=1e-6 if dtype == torch.float32 else 0)
