@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_ID = "kakehashi-demo"
@@ -170,6 +170,19 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=64, ge=1)
     max_n: int = Field(default=16, ge=1, description="Largest `n` a request may ask for.")
     threads: int | None = Field(default=None, ge=1)
+    kv_cache_memory: ByteSize | None = Field(
+        default=None,
+        description="KV cache budget, e.g. 2GiB (default: sized from max_num_seqs and free RAM).",
+    )
+    max_queue_len: int | None = Field(
+        default=256,
+        ge=0,
+        description="Requests allowed to wait for a slot; beyond it requests get a 503.",
+    )
+    max_num_batched_tokens: int = Field(
+        default=1024, ge=16, description="Tokens per engine step (bounds prefill chunks)."
+    )
+    prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prefixes.")
 
     data_dir: Path = Field(default_factory=default_data_dir)
 

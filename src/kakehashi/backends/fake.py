@@ -107,6 +107,9 @@ class FakeEngine:
         """Nothing to stop."""
         self.started = False
 
+    def check_admission(self, count: int = 1) -> None:
+        """The fake has no queue: every request is admitted."""
+
     async def generate(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:

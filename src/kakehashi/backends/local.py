@@ -169,6 +169,11 @@ class LocalBackend:
         if request.include_usage:
             yield ChatCompletionChunk(**{**header, "usage": usage(choices)}, choices=[])
 
+    def _admitted(self, job: Job) -> Job:
+        """``job``, once the engine has room to queue it (else a 503 before any answer)."""
+        self.loaded.engine.check_admission(len(job.runs))
+        return job
+
     def _chat_job(self, request: ChatCompletionRequest) -> Job:
         model = self.loaded
         tokenizer = model.engine.tokenizer
@@ -183,7 +188,7 @@ class LocalBackend:
             max_tokens=max_tokens,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
-        return new_job("chatcmpl", [prompt], request.n or 1, params)
+        return self._admitted(new_job("chatcmpl", [prompt], request.n or 1, params))
 
     def _chat_logprobs(
         self, request: ChatCompletionRequest, chunk: GenerationChunk
@@ -256,7 +261,7 @@ class LocalBackend:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if request.echo else None,
         )
-        return new_job("cmpl", prompts, request.n or 1, params)
+        return self._admitted(new_job("cmpl", prompts, request.n or 1, params))
 
     def _legacy_choices(self, request: CompletionRequest, runs: list[Run]) -> list[Choice]:
         tokenizer = self.loaded.engine.tokenizer

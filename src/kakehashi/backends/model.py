@@ -35,6 +35,7 @@ class EngineLike(Protocol):
     def max_model_len(self) -> int: ...
     def start(self) -> None: ...
     async def shutdown(self) -> None: ...
+    def check_admission(self, count: int = 1) -> None: ...
     def generate(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]: ...
@@ -100,6 +101,10 @@ def load_local_model(settings: Settings) -> LoadedModel:
         dtype=settings.dtype,
         threads=settings.threads,
         max_num_seqs=settings.max_num_seqs,
+        kv_cache_bytes=settings.kv_cache_memory,
+        max_queue_len=settings.max_queue_len,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        enable_prefix_caching=settings.prefix_caching,
     )
     return LoadedModel(
         engine, ChatTemplate.from_dir(model_dir), fingerprint(model_dir, settings.dtype)

@@ -108,6 +108,24 @@ def serve(
     max_num_seqs: Annotated[
         int | None, typer.Option(help="Most sequences decoded at once.")
     ] = None,
+    kv_cache_memory: Annotated[
+        str | None,
+        typer.Option(help="KV cache budget, e.g. 2GiB (default: from --max-num-seqs and RAM)."),
+    ] = None,
+    max_queue_len: Annotated[
+        int | None,
+        typer.Option(help="Requests that may wait for a slot; more get a 503 (default: 256)."),
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per engine step; bounds prefill chunks.")
+    ] = None,
+    prefix_caching: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefix-caching/--no-prefix-caching",
+            help="Reuse the KV cache of shared prompt prefixes (default: yes).",
+        ),
+    ] = None,
     embeddings: Annotated[
         bool | None,
         typer.Option(
@@ -148,6 +166,10 @@ def serve(
             "dtype": dtype,
             "threads": threads,
             "max_num_seqs": max_num_seqs,
+            "kv_cache_memory": kv_cache_memory,
+            "max_queue_len": max_queue_len,
+            "max_num_batched_tokens": max_num_batched_tokens,
+            "prefix_caching": prefix_caching,
             "embeddings": embeddings,
             "embedding_model": embedding_model,
             "now": now,

@@ -97,6 +97,14 @@ class AsyncEngine:
 
     # -- requests --------------------------------------------------------------------------
 
+    def check_admission(self, count: int = 1) -> None:
+        """Raise :class:`EngineOverloadedError` now if ``count`` more requests would not fit
+        in the waiting queue, so a caller can refuse before it starts answering (a stream's
+        headers). Best effort: :meth:`generate` checks again."""
+        with self._cond:
+            self._check_usable()
+            self.engine.check_queue(len(self._adds) + count - 1)
+
     async def generate(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:

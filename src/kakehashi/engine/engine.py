@@ -204,8 +204,8 @@ class LLMEngine:
         limit = self.config.max_queue_len
         if limit is not None and len(self.scheduler.waiting) + pending >= limit:
             raise EngineOverloadedError(
-                f"The server is overloaded: {limit} requests are already waiting. "
-                "Please retry later."
+                "The server is overloaded: its queue of waiting requests is full "
+                f"(limit {limit}). Please retry later."
             )
 
     def add_request(
