@@ -1,0 +1,80 @@
+"""The serve benchmark's baseline: the engine itself, in this process, one request at a time.
+
+The engine is built and driven exactly as ``kakehashi serve`` does it (``build_async_engine``
+with the same context window and threads, loaded off the event loop, stepped on the
+:class:`AsyncEngine` thread) and is handed the very token ids and sampling settings the server
+derives from the 1-client requests. The difference between the two is then HTTP, the API
+layer and SSE. (Stepping the engine on the main thread instead can be several times slower on
+a loaded machine: OpenMP's spin-waiting there behaves differently.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _serve_client import REQUEST_TIMEOUT_S, percentile
+from kakehashi.engine.async_engine import AsyncEngine
+from kakehashi.engine.builder import build_async_engine
+from kakehashi.engine.params import SamplingParams
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRun:
+    """One request run alone on the engine."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    ttft: float  # seconds from submitting the request to its first token
+    decode_rate: float  # tokens per second after the first
+    total_seconds: float
+
+
+async def start_engine(model_dir: Path, *, max_model_len: int, threads: int) -> AsyncEngine:
+    """Load the model as the server does (in a worker thread) and start the engine thread."""
+    engine = await asyncio.to_thread(
+        build_async_engine, model_dir, max_model_len=max_model_len, threads=threads
+    )
+    engine.start()
+    return engine
+
+
+async def run_alone(
+    engine: AsyncEngine, prompt: Sequence[int], params: SamplingParams
+) -> EngineRun:
+    """Run one request on an idle engine, stamping each token as it reaches the event loop."""
+    start = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        async for chunk in engine.generate(f"serve-bench-{next(_ids)}", prompt, params):
+            if chunk.token_ids:
+                stamps.append(time.perf_counter())
+                tokens += len(chunk.token_ids)
+    span = stamps[-1] - stamps[0]
+    return EngineRun(
+        prompt_tokens=len(prompt),
+        completion_tokens=tokens,
+        ttft=stamps[0] - start,
+        decode_rate=(tokens - 1) / span if span > 0 else 0.0,
+        total_seconds=stamps[-1] - start,
+    )
+
+
+def summarize(runs: Sequence[EngineRun], plain_runs: Sequence[EngineRun]) -> dict[str, Any]:
+    """Median batch-1 figures of ``runs`` (rates in tokens per second, TTFT in ms)."""
+    return {
+        "requests": len(runs),
+        "ttft_p50_ms": 1000 * percentile([r.ttft for r in runs], 50),
+        "decode_tok_s": percentile([r.decode_rate for r in runs], 50),
+        "request_tok_s": percentile([r.completion_tokens / r.total_seconds for r in runs], 50),
+        "plain_greedy_decode_tok_s": percentile([r.decode_rate for r in plain_runs], 50),
+        "decode_tok_s_each": [round(r.decode_rate, 2) for r in runs],
+    }
