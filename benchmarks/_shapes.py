@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from kakehashi.engine.models.tiny import make_tiny_model
+from kakehashi.engine.models.tiny import make_tiny_model, random_weights
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench-models"
 TOKENIZER_VOCAB = 8192
@@ -136,43 +135,8 @@ def _write_checkpoint(shape: ModelShape, out_dir: Path) -> None:
         config["max_window_layers"] = shape.num_layers
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     generator = torch.Generator().manual_seed(0)
-    tensors = {name: t.to(torch.bfloat16) for name, t in _random_weights(shape, generator)}
+    tensors = {name: t.to(torch.bfloat16) for name, t in random_weights(config, generator)}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _random_weights(
-    shape: ModelShape, generator: torch.Generator
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, float32 tensor) for every weight of ``shape``."""
-    h, inter, d = shape.hidden_size, shape.intermediate_size, shape.head_dim
-    q_size, kv_size = shape.num_heads * d, shape.num_kv_heads * d
-
-    def normal(*dims: int) -> torch.Tensor:
-        # std 1/sqrt(fan_in) keeps activations of order one through every layer.
-        return torch.randn(*dims, generator=generator) * dims[-1] ** -0.5
-
-    def norm_weight() -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(h, generator=generator)
-
-    yield "model.embed_tokens.weight", normal(shape.vocab_size, h)
-    for i in range(shape.num_layers):
-        prefix = f"model.layers.{i}"
-        yield f"{prefix}.input_layernorm.weight", norm_weight()
-        for name, rows in (("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size)):
-            yield f"{prefix}.self_attn.{name}.weight", normal(rows, h)
-            if shape.qkv_bias:
-                yield (
-                    f"{prefix}.self_attn.{name}.bias",
-                    0.1 * torch.randn(rows, generator=generator),
-                )
-        yield f"{prefix}.self_attn.o_proj.weight", normal(h, q_size)
-        yield f"{prefix}.post_attention_layernorm.weight", norm_weight()
-        yield f"{prefix}.mlp.gate_proj.weight", normal(inter, h)
-        yield f"{prefix}.mlp.up_proj.weight", normal(inter, h)
-        yield f"{prefix}.mlp.down_proj.weight", normal(h, inter)
-    yield "model.norm.weight", norm_weight()
-    if not shape.tie_word_embeddings:
-        yield "lm_head.weight", normal(shape.vocab_size, h)
 
 
 def describe(shape: ModelShape) -> dict[str, Any]:

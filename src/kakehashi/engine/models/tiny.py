@@ -244,7 +244,7 @@ def make_tiny_model(
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     tensors = {
         name: tensor.to(torch_dtype).contiguous()
-        for name, tensor in _random_weights(spec, config, generator)
+        for name, tensor in random_weights(config, generator)
     }
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
@@ -353,10 +353,12 @@ def _tokenizer_config(spec: _ArchSpec, tokenizer: Tokenizer) -> dict[str, Any]:
     }
 
 
-def _random_weights(
-    spec: _ArchSpec, config: dict[str, Any], generator: torch.Generator
+def random_weights(
+    config: dict[str, Any], generator: torch.Generator
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) in Hugging Face naming, drawn in a fixed order from ``generator``."""
+    """Random float32 weights for a Llama or Qwen2 ``config.json`` (a dict): (Hugging Face
+    tensor name, tensor) pairs, drawn in a fixed order from ``generator``."""
+    qkv_bias = config["model_type"] == "qwen2"
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     head_dim = config["head_dim"]
     q_size = config["num_attention_heads"] * head_dim
@@ -377,7 +379,7 @@ def _random_weights(
         yield f"{prefix}.input_layernorm.weight", norm_weight()
         for name, rows in (("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size)):
             yield f"{prefix}.self_attn.{name}.weight", normal(rows, hidden)
-            if spec.qkv_bias:
+            if qkv_bias:
                 yield (
                     f"{prefix}.self_attn.{name}.bias",
                     0.1 * torch.randn(rows, generator=generator),
@@ -388,7 +390,7 @@ def _random_weights(
         yield f"{prefix}.mlp.up_proj.weight", normal(inter, hidden)
         yield f"{prefix}.mlp.down_proj.weight", normal(hidden, inter)
     yield "model.norm.weight", norm_weight()
-    if not spec.tie_word_embeddings:
+    if not config["tie_word_embeddings"]:
         yield "lm_head.weight", normal(config["vocab_size"], hidden)
 
 
