@@ -195,6 +195,8 @@ class _DecodePlan:
     block_ids: torch.Tensor  # (B * max_blocks,) padded with block 0
     key_len: int  # keys per sequence after padding (or the exact length when B == 1)
     mask: torch.Tensor | None  # (B, 1, 1, key_len) additive: 0 for real keys, -inf for padding
+    # (first, last + 1) when one sequence's blocks are consecutive: read them as a view
+    block_span: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, decodes: list[SequenceSlice], block_size: int, dtype: torch.dtype) -> _DecodePlan:
@@ -206,7 +208,7 @@ class _DecodePlan:
             rows = torch.tensor(starts, dtype=torch.long, device=device)
         if len(decodes) == 1:
             s = decodes[0]
-            return cls(rows, 1, s.block_ids, s.context_len, None)
+            return cls(rows, 1, s.block_ids, s.context_len, None, _consecutive(s.block_ids))
         max_blocks = max(len(s.block_ids) for s in decodes)
         padded = [
             torch.nn.functional.pad(s.block_ids, (0, max_blocks - len(s.block_ids)))
@@ -221,8 +223,13 @@ class _DecodePlan:
     def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q (B, Hq, D): one new token per sequence → (B, Hq, D)."""
         b, L = self.num_seqs, self.key_len
-        kd = k_cache.index_select(0, self.block_ids).view(b, -1, *k_cache.shape[2:])[:, :L]
-        vd = v_cache.index_select(0, self.block_ids).view(b, -1, *v_cache.shape[2:])[:, :L]
+        if self.block_span is not None:
+            k_cache, v_cache = k_cache[slice(*self.block_span)], v_cache[slice(*self.block_span)]
+        else:
+            k_cache = k_cache.index_select(0, self.block_ids)
+            v_cache = v_cache.index_select(0, self.block_ids)
+        kd = k_cache.view(b, -1, *k_cache.shape[2:])[:, :L]
+        vd = v_cache.view(b, -1, *v_cache.shape[2:])[:, :L]
         # kd, vd: (B, L, Hkv, D) → (B, Hkv, L, D) for SDPA
         o = F.scaled_dot_product_attention(
             q[:, :, None, :],
@@ -232,3 +239,11 @@ class _DecodePlan:
             enable_gqa=True,
         )  # (B, Hq, 1, D)
         return o[:, :, 0, :]
+
+
+def _consecutive(block_ids: torch.Tensor) -> tuple[int, int] | None:
+    """``(first, last + 1)`` if ``block_ids`` are consecutive ascending block numbers."""
+    ids = block_ids.tolist()
+    if ids and ids == list(range(ids[0], ids[0] + len(ids))):
+        return ids[0], ids[0] + len(ids)
+    return None

@@ -1,12 +1,15 @@
 """The CPU fast paths of the Llama model (matrix-vector for one token, prepacked oneDNN
-weights for several) compute the same function as the plain layers."""
+weights for several) and of batch-1 decode attention compute the same function as the
+plain layers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from reference_context import ReferenceContext
 
+from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
 from kakehashi.engine.models.llama import RMSNorm
 from kakehashi.engine.models.loader import load_model
 
@@ -51,3 +54,29 @@ def test_rms_norm_equals_the_upcast_normalize_cast_back_formula(dtype):
     with torch.inference_mode():
         got = norm(x)
     torch.testing.assert_close(got, want, atol=0, rtol=1e-6 if dtype == torch.float32 else 0)
+
+
+@pytest.mark.parametrize("block_table", [[3, 4, 5], [5, 3, 4]])
+def test_single_decode_reads_the_same_keys_from_consecutive_or_scattered_blocks(block_table):
+    """One decoding sequence on consecutive blocks reads them as a view, else gathers them;
+    both see the same context as a plain attention over it."""
+    bs, hkv, hq, d, context = 4, 2, 4, 8, 11
+    cache = KVCache(
+        num_layers=1, num_blocks=8, block_size=bs, num_kv_heads=hkv, head_dim=d,
+        dtype=torch.float32,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(2, context, hkv, d, generator=gen)
+    slots = torch.tensor([block_table[p // bs] * bs + p % bs for p in range(context)])
+    k_flat, v_flat = cache.flat(0)
+    k_flat[slots[:-1]], v_flat[slots[:-1]] = keys[:-1], values[:-1]
+    seq = SequenceSlice(0, 1, context, torch.tensor(block_table))
+    ctx = PagedAttentionContext(cache, slots[-1:], [seq])
+    q = torch.randn(1, hq, d, generator=gen)
+    got = ctx.attend(0, q, keys[-1:], values[-1:])
+    want = F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        keys.transpose(0, 1).repeat_interleave(hq // hkv, 0),
+        values.transpose(0, 1).repeat_interleave(hq // hkv, 0),
+    )  # (Hq, 1, D)
+    torch.testing.assert_close(got, want.transpose(0, 1))

@@ -184,7 +184,7 @@ class MLP(nn.Module):
         gate, up = _linear(x, self.gate_up_proj).split(
             self.intermediate_size, dim=-1
         )  # (T, I) each
-        return _linear(F.silu(gate) * up, self.down_proj)  # (T, H)
+        return _linear(F.silu(gate).mul_(up), self.down_proj)  # (T, H)
 
 
 class DecoderLayer(nn.Module):
@@ -205,8 +205,9 @@ class DecoderLayer(nn.Module):
         rope: RotaryAngles,
         ctx: AttentionContext,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # In place: ``x`` is this forward pass's own buffer (the embedding's output).
+        x = x.add_(self.self_attn(self.input_layernorm(x), rope, ctx))
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))
 
 
 # Hugging Face tensor name (inside a layer) -> (our parameter, which slice of a fused tensor).
