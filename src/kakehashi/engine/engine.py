@@ -66,7 +66,8 @@ class EngineConfig:
     chunks of at most that, mixed with the decodes of running requests). At most
     ``max_queue_len`` requests wait for admission (None: no limit); beyond that
     :class:`EngineOverloadedError` is raised. ``prepack_weights`` lets the model keep
-    matmul-friendly copies of its weights (faster, more memory) if it knows how.
+    matmul-friendly copies of its weights (faster, more memory) if it knows how;
+    ``cpu_kernels`` lets it use :mod:`kakehashi.engine.kernels` where they run.
     """
 
     max_model_len: int
@@ -78,6 +79,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_queue_len: int | None = DEFAULT_MAX_QUEUE_LEN
     prepack_weights: bool = True
+    cpu_kernels: bool = True
 
     def resolve_num_blocks(self, bytes_per_block: int) -> int:
         """The number of KV blocks this config asks for, given the size of one block."""
@@ -118,6 +120,8 @@ class LLMEngine:
         prepack = getattr(model, "prepack_weights", None)
         if config.prepack_weights and callable(prepack):
             prepack()
+        enable_kernels = getattr(model, "enable_cpu_kernels", None)
+        cpu_kernels = bool(config.cpu_kernels and callable(enable_kernels) and enable_kernels())
         dtype = _model_dtype(model)
         device = _model_device(model)
         per_block = KVCache.bytes_per_block(
@@ -136,6 +140,7 @@ class LLMEngine:
             head_dim=mc.head_dim,
             dtype=dtype,
             device=device,
+            cpu_kernels=cpu_kernels,
         )
         self.block_manager = BlockManager(
             self.num_kv_blocks,

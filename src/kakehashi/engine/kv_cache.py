@@ -27,9 +27,12 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        cpu_kernels: bool = False,
     ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
+        # Decode attention through kakehashi.engine.kernels (bfloat16 on the CPU only).
+        self.cpu_kernels = cpu_kernels and dtype == torch.bfloat16 and _kernel_head_dim(head_dim)
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -49,6 +52,11 @@ class KVCache:
     def flat(self, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer_index``'s keys and values as (num_slots, Hkv, D) views."""
         return self._flat[layer_index]
+
+
+def _kernel_head_dim(head_dim: int) -> bool:
+    """Head sizes the decode-attention kernel handles: multiples of 16 up to 256."""
+    return head_dim % 16 == 0 and head_dim <= 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,11 @@ class PagedAttentionContext:
         dtype = cache.keys[0].dtype if cache.keys else torch.float32
         self._prefills = [_PrefillPlan.of(s, dtype) for s in self.sequences if _is_prefill(s)]
         decodes = [s for s in self.sequences if not _is_prefill(s)]
-        self._decodes = _DecodePlan.of(decodes, cache.block_size, dtype) if decodes else None
+        self._decodes: _DecodePlan | _KernelDecodePlan | None = None
+        if decodes and cache.cpu_kernels:
+            self._decodes = _KernelDecodePlan.of(decodes)
+        elif decodes:
+            self._decodes = _DecodePlan.of(decodes, cache.block_size, dtype)
 
     def attend(
         self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -201,11 +213,7 @@ class _DecodePlan:
     @classmethod
     def of(cls, decodes: list[SequenceSlice], block_size: int, dtype: torch.dtype) -> _DecodePlan:
         device = decodes[0].block_ids.device
-        starts = [s.query_start for s in decodes]
-        if starts == list(range(starts[0], starts[0] + len(starts))):
-            rows: slice | torch.Tensor = slice(starts[0], starts[0] + len(starts))
-        else:
-            rows = torch.tensor(starts, dtype=torch.long, device=device)
+        rows = _decode_rows(decodes)
         if len(decodes) == 1:
             s = decodes[0]
             return cls(rows, 1, s.block_ids, s.context_len, None, _consecutive(s.block_ids))
@@ -239,6 +247,43 @@ class _DecodePlan:
             enable_gqa=True,
         )  # (B, Hq, 1, D)
         return o[:, :, 0, :]
+
+
+@dataclass(frozen=True, slots=True)
+class _KernelDecodePlan:
+    """Every single-token sequence of the step, for the paged decode-attention kernel.
+
+    The kernel reads each sequence's keys and values in place through its block table: no
+    gather, no padding, no mask.
+    """
+
+    rows: slice | torch.Tensor
+    block_tables: torch.Tensor  # (B, max_blocks) int32, padded with block 0
+    context_lens: torch.Tensor  # (B,) int32
+
+    @classmethod
+    def of(cls, decodes: list[SequenceSlice]) -> _KernelDecodePlan:
+        device = decodes[0].block_ids.device
+        tables = torch.nn.utils.rnn.pad_sequence(
+            [s.block_ids for s in decodes], batch_first=True
+        ).to(torch.int32)
+        lengths = torch.tensor([s.context_len for s in decodes], dtype=torch.int32, device=device)
+        return cls(_decode_rows(decodes), tables, lengths)
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """q (B, Hq, D): one new token per sequence → (B, Hq, D)."""
+        scale = q.shape[-1] ** -0.5
+        return torch.ops.kakehashi.paged_decode_attention(
+            q, k_cache, v_cache, self.block_tables, self.context_lens, scale
+        )
+
+
+def _decode_rows(decodes: list[SequenceSlice]) -> slice | torch.Tensor:
+    """The packed rows of the decode sequences: a slice when they are adjacent."""
+    starts = [s.query_start for s in decodes]
+    if starts == list(range(starts[0], starts[0] + len(starts))):
+        return slice(starts[0], starts[0] + len(starts))
+    return torch.tensor(starts, dtype=torch.long, device=decodes[0].block_ids.device)
 
 
 def _consecutive(block_ids: torch.Tensor) -> tuple[int, int] | None:

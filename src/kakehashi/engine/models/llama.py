@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kakehashi.engine import kernels
 from kakehashi.engine.models.base import AttentionContext, ModelConfig
 
 
@@ -36,7 +37,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype))
         self.eps = eps
 
+    # Set by LlamaForCausalLM.enable_cpu_kernels: few-row inputs go through our own kernel.
+    cpu_kernel: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_kernel and x.shape[0] <= _KERNEL_MAX_ROWS_NORM:
+            return torch.ops.kakehashi.rms_norm(x, self.weight, self.eps)
         # The fused kernel accumulates half-precision inputs in float32 and rounds once, which
         # is exactly Hugging Face's "upcast, normalize, cast back" (checked in the tests).
         return self.weight * F.rms_norm(x, self.weight.shape, eps=self.eps)
@@ -109,6 +115,10 @@ def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tenso
 
 # Batch size oneDNN lays prepacked weights out for; measured as good from 2 to 512 rows.
 _PACK_BATCH_HINT = 32
+# Up to this many rows our matrix-vector kernel beats oneDNN (which wins from 4 up); our
+# RMSNorm kernel is used for decode-sized inputs only (torch's is vectorized for prefill).
+_KERNEL_MAX_ROWS_LINEAR = 3
+_KERNEL_MAX_ROWS_NORM = 64
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -120,6 +130,8 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """
     if x.device.type != "cpu":
         return layer(x)
+    if x.shape[0] <= _KERNEL_MAX_ROWS_LINEAR and getattr(layer, "cpu_kernel", False):
+        return torch.ops.kakehashi.linear(x, layer.weight, layer.bias)
     if x.shape[0] == 1:
         if layer.bias is None:
             return torch.mv(layer.weight, x[0])[None]
@@ -297,6 +309,24 @@ class LlamaForCausalLM(nn.Module):
                     module.weight.detach(), _PACK_BATCH_HINT
                 )
                 module.register_buffer("packed_weight", packed, persistent=False)
+        return True
+
+    def enable_cpu_kernels(self) -> bool:
+        """Route decode-sized projections and norms through :mod:`kakehashi.engine.kernels`.
+
+        Only for bfloat16 weights on a CPU with AVX-512 BF16, once the kernels have built.
+        Returns whether they are on.
+        """
+        weight = self.lm_head.weight
+        if not (
+            weight.device.type == "cpu"
+            and weight.dtype == torch.bfloat16
+            and kernels.bf16_kernels_available()
+        ):
+            return False
+        for module in self.modules():
+            if isinstance(module, nn.Linear | RMSNorm):
+                module.cpu_kernel = True
         return True
 
     def forward(

@@ -1,0 +1,94 @@
+"""Our own CPU kernels for bfloat16 decode (AVX-512 BF16), compiled on first use.
+
+The C++ source next to this file is built with torch's extension builder the first time a
+bfloat16 model is loaded on a CPU that has AVX-512 BF16 (about 15 s), then cached on disk by
+source and torch version. Where it cannot be built (no compiler, another CPU, or
+``KAKEHASHI_CPU_KERNELS=0``) the model runs on torch's own kernels, with the same results up
+to float rounding.
+
+Once loaded the ops are ``torch.ops.kakehashi.*``:
+
+- ``linear(x, weight, bias)``: ``x @ weight.T + bias`` for a few rows (decode).
+- ``rms_norm(x, weight, eps)``: Hugging Face's RMSNorm.
+- ``paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)``: one
+  query token per sequence against its paged keys and values.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import platformdirs
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("cpu_bf16.cpp")
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
+DISABLE_ENV = "KAKEHASHI_CPU_KERNELS"
+
+
+def cpu_supports_bf16_kernels() -> bool:
+    """Whether this CPU has the AVX-512 BF16 instructions the kernels are written in."""
+    if sys.platform != "linux":
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return {"avx512f", "avx512bw", "avx512_bf16"} <= set(flags.split())
+
+
+@functools.cache
+def bf16_kernels_available() -> bool:
+    """Build (or find in the cache) and load the kernels; False where they cannot run."""
+    if os.environ.get(DISABLE_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    if not cpu_supports_bf16_kernels():
+        return False
+    try:
+        _build_and_load()
+    except Exception as exc:  # a failed build only costs speed, never correctness
+        log.warning("CPU kernels unavailable, using torch's own (%s)", str(exc).splitlines()[0])
+        return False
+    return True
+
+
+def _build_and_load() -> None:
+    from torch.utils import cpp_extension
+
+    _put_ninja_on_path()
+    source = _SOURCE.read_bytes()
+    digest = hashlib.sha256(source + torch.__version__.encode() + " ".join(_FLAGS).encode())
+    name = f"kakehashi_cpu_bf16_{digest.hexdigest()[:12]}"
+    build_dir = Path(platformdirs.user_cache_dir("kakehashi")) / "kernels" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        log.info("building kakehashi's CPU kernels (once, about 15 s)")
+    cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=_FLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def _put_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` wheel may only be in our venv."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")

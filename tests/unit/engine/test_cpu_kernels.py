@@ -1,0 +1,217 @@
+"""Our AVX-512 BF16 kernels compute the same functions as torch, and the model and engine
+give the same results with them as without."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference_context import ReferenceContext
+
+from kakehashi.engine import kernels
+from kakehashi.engine.engine import EngineConfig, LLMEngine
+from kakehashi.engine.kv_cache import KVCache
+from kakehashi.engine.models.loader import load_model
+from kakehashi.engine.models.tiny import make_tiny_model
+from kakehashi.engine.params import SamplingParams
+from kakehashi.engine.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.skipif(
+    not kernels.bf16_kernels_available(), reason="no AVX-512 BF16 CPU or no compiler"
+)
+ops = torch.ops.kakehashi if kernels.bf16_kernels_available() else None
+
+
+def _rand(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen) * scale).to(torch.bfloat16)
+
+
+def _assert_bf16_close(got: torch.Tensor, want_fp32: torch.Tensor) -> None:
+    """Equal up to the rounding of a float32 sum taken in another order (a bf16 ulp or so)."""
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want_fp32.bfloat16().float(), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize(("out_features", "in_features"), [(1, 16), (7, 72), (100, 576), (961, 96)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_matches_torch(rows, out_features, in_features, with_bias):
+    x = _rand(rows, in_features, seed=1)
+    w = _rand(out_features, in_features, seed=2, scale=in_features**-0.5)
+    bias = _rand(out_features, seed=3) if with_bias else None
+    want = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+    _assert_bf16_close(ops.linear(x, w, bias), want)
+
+
+def test_linear_reads_strided_rows():
+    wide = _rand(3, 200, seed=4)
+    x = wide[:, 10:138]  # rows 200 apart, each contiguous
+    w = _rand(50, 128, seed=5, scale=0.1)
+    _assert_bf16_close(ops.linear(x, w, None), F.linear(x.float(), w.float()))
+
+
+def test_linear_rejects_bad_inputs():
+    w = _rand(8, 32, seed=6)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        ops.linear(torch.randn(1, 32), w, None)
+    with pytest.raises(RuntimeError, match="features"):
+        ops.linear(_rand(1, 16, seed=7), w, None)
+    with pytest.raises(RuntimeError, match="bias must match"):
+        ops.linear(_rand(1, 32, seed=7), w, _rand(9, seed=8))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_rms_norm_matches_the_upcast_normalize_cast_back_formula(rows):
+    x = _rand(rows, 576, seed=9, scale=4.0)
+    weight = _rand(576, seed=10)
+    x32 = x.float()
+    normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+    want = weight * normed
+    got = ops.rms_norm(x, weight, 1e-5)
+    # Same math; the sum of squares may round differently in its last bit.
+    torch.testing.assert_close(got.float(), want.float(), rtol=8e-3, atol=1e-6)
+    assert (got != want).float().mean() < 0.01
+
+
+def _paged_cache(
+    lengths: list[int], *, block_size: int, kv_heads: int, head_dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Caches filled with random keys/values; each sequence gets shuffled, scattered blocks."""
+    needed = [-(-n // block_size) for n in lengths]
+    num_blocks = sum(needed) + 3
+    k_cache = _rand(num_blocks, block_size, kv_heads, head_dim, seed=seed)
+    v_cache = _rand(num_blocks, block_size, kv_heads, head_dim, seed=seed + 1)
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    tables, start = [], 0
+    for n in needed:
+        tables.append(order[start : start + n])
+        start += n
+    width = max(needed)
+    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    return k_cache, v_cache, padded, tables
+
+
+def _reference_attention(q, k_cache, v_cache, tables, lengths, block_size):
+    out = []
+    for b, (table, n) in enumerate(zip(tables, lengths, strict=True)):
+        slots = [table[t // block_size] * block_size + t % block_size for t in range(n)]
+        k = k_cache.flatten(0, 1)[slots].float().transpose(0, 1)  # (Hkv, n, D)
+        v = v_cache.flatten(0, 1)[slots].float().transpose(0, 1)
+        groups = q.shape[1] // k.shape[0]
+        k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+        scores = (q[b].float()[:, None, :] @ k.transpose(1, 2))[:, 0] / math.sqrt(q.shape[-1])
+        out.append((scores.softmax(-1)[:, None, :] @ v)[:, 0])  # (Hq, D)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    ("q_heads", "kv_heads", "head_dim"), [(9, 3, 64), (14, 2, 64), (4, 4, 128), (4, 2, 16)]
+)
+def test_paged_decode_attention_matches_softmax_attention(q_heads, kv_heads, head_dim):
+    lengths, block_size = [1, 15, 16, 17, 100, 333], 16
+    k_cache, v_cache, padded, tables = _paged_cache(
+        lengths, block_size=block_size, kv_heads=kv_heads, head_dim=head_dim, seed=11
+    )
+    # q as the model passes it: a view into a wider (B, Hq + Hkv, D) tensor.
+    qk = _rand(len(lengths), q_heads + kv_heads, head_dim, seed=12)
+    q = qk[:, :q_heads]
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    got = ops.paged_decode_attention(q, k_cache, v_cache, padded, lens, head_dim**-0.5)
+    want = _reference_attention(q, k_cache, v_cache, tables, lengths, block_size)
+    _assert_bf16_close(got, want)
+
+
+def test_paged_decode_attention_rejects_lengths_beyond_the_block_table():
+    k_cache, v_cache, padded, _ = _paged_cache(
+        [20], block_size=16, kv_heads=1, head_dim=16, seed=13
+    )
+    q = _rand(1, 2, 16, seed=14)
+    with pytest.raises(RuntimeError, match="does not fit its block table"):
+        ops.paged_decode_attention(
+            q, k_cache, v_cache, padded, torch.tensor([33], dtype=torch.int32), 0.25
+        )
+    bad_table = torch.tensor([[0, 999]], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="block id out of range"):
+        ops.paged_decode_attention(
+            q, k_cache, v_cache, bad_table, torch.tensor([20], dtype=torch.int32), 0.25
+        )
+
+
+@pytest.fixture(scope="module")
+def bf16_llama_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Llama with a real head size (64) in bfloat16."""
+    return make_tiny_model(
+        tmp_path_factory.mktemp("bf16-llama"),
+        arch="llama",
+        hidden_size=128,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=256,
+        vocab_size=512,
+        dtype="bfloat16",
+    )
+
+
+def test_model_with_kernels_matches_the_model_without(bf16_llama_dir):
+    plain = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    fast = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    assert fast.enable_cpu_kernels()
+    tokens = torch.tensor([5, 17, 300, 42, 9, 100, 7])
+
+    def decode_logits(model) -> torch.Tensor:
+        with torch.inference_mode():
+            ctx = ReferenceContext()
+            model.forward(tokens[:3], torch.arange(3), ctx)
+            steps = [
+                model.forward(tokens[i : i + 1], torch.tensor([i]), ctx) for i in range(3, 7)
+            ]  # one token at a time: the kernels' path
+            return model.compute_logits(torch.cat(steps))
+
+    torch.testing.assert_close(decode_logits(fast), decode_logits(plain), atol=0.05, rtol=0.05)
+
+
+def test_engine_decodes_a_batch_through_the_attention_kernel(bf16_llama_dir):
+    model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    config = EngineConfig(max_model_len=256, num_kv_blocks=64)
+    engine = LLMEngine(model, Tokenizer.from_dir(bf16_llama_dir), config)
+    assert engine.kv_cache.cpu_kernels
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompts = [[1, 2, 3], list(range(5, 45)), [7] * 20]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    outputs: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    while engine.has_unfinished():
+        for chunk in engine.step():
+            outputs[chunk.request_id].extend(chunk.token_ids)
+    assert engine.block_manager.num_free_blocks == 64  # every block returned
+
+    # Greedy up to bf16 noise: each token the batched kernels chose is the plain model's
+    # argmax, or within rounding of it (this random model's logits are close together).
+    plain = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    for i, prompt in enumerate(prompts):
+        chosen = outputs[str(i)]
+        assert len(chosen) == 12
+        ids = torch.tensor(prompt + chosen[:-1])
+        with torch.inference_mode():
+            hidden = plain.forward(ids, torch.arange(len(ids)), ReferenceContext())
+            logits = plain.compute_logits(hidden[len(prompt) - 1 :])  # (12, V)
+        picked = logits.gather(1, torch.tensor(chosen)[:, None])[:, 0]
+        assert torch.all(picked >= logits.max(-1).values - 0.05), (picked, logits.max(-1))
+
+
+def test_fp32_models_do_not_use_the_kernels(tiny_llama_dir):
+    model = load_model(tiny_llama_dir)
+    assert not model.enable_cpu_kernels()
+    cache = KVCache(
+        num_layers=1,
+        num_blocks=4,
+        block_size=16,
+        num_kv_heads=2,
+        head_dim=16,
+        dtype=torch.float32,
+        cpu_kernels=True,
+    )
+    assert not cache.cpu_kernels
