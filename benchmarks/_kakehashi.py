@@ -91,6 +91,7 @@ def measure(model_dir: Path, workload: Workload) -> dict[str, Any]:
         "load_seconds": time.perf_counter() - load_start,
         "rss_after_load_mb": peak_rss_mb(),
         "num_kv_blocks": engine.num_kv_blocks,
+        "cpu_kernels": engine.kv_cache.cpu_kernels,
     }
     vocab = tokenizer_size(model_dir)
     run_batch(engine, prompts(WARMUP_SEED, 2, 64, vocab), max_tokens=4)  # warm-up

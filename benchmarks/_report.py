@@ -77,6 +77,7 @@ def print_model_report(
 ) -> None:
     """Print the table and the target verdicts for one model."""
     k = result.get("kakehashi", {})
+    k_torch = result.get("kakehashi_torch", {})
     hf = result.get("transformers", {})
     lcpp = result.get("llamacpp", {})
     l_bf16, l_q8 = lcpp.get("bf16", {}), lcpp.get("q8_0", {})
@@ -85,6 +86,7 @@ def print_model_report(
     header = (
         "metric",
         "kakehashi",
+        "k. torch-only",
         "transformers",
         "llama.cpp BF16",
         "llama.cpp Q8_0",
@@ -92,8 +94,9 @@ def print_model_report(
         "k/llama.cpp",
         "k/transf.",
         "k/roof",
+        "k/k.torch",
     )
-    widths = (26, 10, 12, 14, 14, 9, 11, 9, 7)
+    widths = (26, 10, 13, 12, 14, 14, 9, 11, 9, 7, 9)
     print(_line(header, widths))
     for label, key in _rows(workload):
         kv = k.get(key)
@@ -102,6 +105,7 @@ def print_model_report(
         cells = (
             label,
             _fmt(kv),
+            _fmt(k_torch.get(key)),
             _fmt(hf.get(key)),
             _fmt(l_bf16.get(key)),
             _fmt(l_q8.get(key)),
@@ -109,9 +113,13 @@ def print_model_report(
             "" if rss else _fmt(_ratio(kv, l_bf16.get(key)), "x"),
             "" if rss else _fmt(_ratio(kv, hf.get(key)), "x"),
             "" if rss else _fmt(_ratio(kv, roof), "%"),
+            "" if rss else _fmt(_ratio(kv, k_torch.get(key)), "x"),
         )
         print(_line(cells, widths))
 
+    if "cpu_kernels" in k:
+        state = "on" if k["cpu_kernels"] else "OFF (no AVX-512 BF16 or no compiler)"
+        print(f"kakehashi's own CPU kernels: {state}; k. torch-only runs without them")
     for label in ("bf16", "q8_0"):
         check = lcpp.get(label, {}).get("check")
         if check:
@@ -123,7 +131,8 @@ def print_model_report(
                 f" max |diff| {check['max_abs_diff']:.3f} (logit std {check['reference_std']:.2f})"
                 f" -> {verdict}"
             )
-    failures = {name: result.get(name, {}) for name in ("kakehashi", "transformers", "llamacpp")}
+    systems = ("kakehashi", "kakehashi_torch", "transformers", "llamacpp")
+    failures = {name: result.get(name, {}) for name in systems}
     failures.update(
         {f"llama.cpp {label.upper()}": lcpp.get(label, {}) for label in ("bf16", "q8_0")}
     )

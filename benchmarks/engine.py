@@ -47,9 +47,11 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _child(module: str, model: Path, workload: Workload, out: Path) -> dict[str, Any]:
+def _child(
+    module: str, model: Path, workload: Workload, out: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one measuring module in a fresh Python process; return its JSON result."""
-    env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}
+    env = {**os.environ, "PYTHONPATH": str(BENCH_DIR), **(extra_env or {})}
     command = [sys.executable, "-m", module, "--model-dir", str(model)]
     command += ["--workload", workload.to_json(), "--out", str(out)]
     subprocess.run(command, check=True, env=env)
@@ -82,6 +84,17 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
         result["kakehashi"] = _guarded(
             "kakehashi", _child, "_kakehashi", model, workload, tmp_dir / "kakehashi.json"
         )
+        if not args.skip_torch_only:
+            # The same engine on torch's kernels only: what our CPU kernels add, in this run.
+            result["kakehashi_torch"] = _guarded(
+                "kakehashi (torch kernels only)",
+                _child,
+                "_kakehashi",
+                model,
+                replace(workload, profile=False),
+                tmp_dir / "kakehashi-torch.json",
+                {"KAKEHASHI_CPU_KERNELS": "0"},
+            )
         reference = tmp_dir / "transformers.logits.npy"
         if not args.skip_transformers:
             result["transformers"] = _guarded(
@@ -112,6 +125,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--skip-torch-only",
+        action="store_true",
+        help="skip the run of kakehashi without its own CPU kernels",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="print where kakehashi's decode steps spend time"
     )

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         default=1024, ge=16, description="Tokens per engine step (bounds prefill chunks)."
     )
     prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prefixes.")
+    cpu_kernels: bool = Field(
+        default=True,
+        description="kakehashi's AVX-512 BF16 kernels for bfloat16 decode, where the CPU has them.",
+    )
 
     data_dir: Path = Field(default_factory=default_data_dir)
 

@@ -105,6 +105,7 @@ def load_local_model(settings: Settings) -> LoadedModel:
         max_queue_len=settings.max_queue_len,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         enable_prefix_caching=settings.prefix_caching,
+        cpu_kernels=settings.cpu_kernels,
     )
     return LoadedModel(
         engine, ChatTemplate.from_dir(model_dir), fingerprint(model_dir, settings.dtype)

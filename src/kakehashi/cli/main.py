@@ -126,6 +126,13 @@ def serve(
             help="Reuse the KV cache of shared prompt prefixes (default: yes).",
         ),
     ] = None,
+    cpu_kernels: Annotated[
+        bool | None,
+        typer.Option(
+            "--cpu-kernels/--no-cpu-kernels",
+            help="Our AVX-512 BF16 kernels for bfloat16 decode, built on first use (default: yes).",
+        ),
+    ] = None,
     embeddings: Annotated[
         bool | None,
         typer.Option(
@@ -170,6 +177,7 @@ def serve(
             "max_queue_len": max_queue_len,
             "max_num_batched_tokens": max_num_batched_tokens,
             "prefix_caching": prefix_caching,
+            "cpu_kernels": cpu_kernels,
             "embeddings": embeddings,
             "embedding_model": embedding_model,
             "now": now,

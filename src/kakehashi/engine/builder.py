@@ -51,6 +51,7 @@ def build_async_engine(
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
     enable_prefix_caching: bool = True,
     prepack_weights: bool = True,
+    cpu_kernels: bool = True,
 ) -> AsyncEngine:
     """Load the model and tokenizer in ``model_dir`` and wrap them in an (unstarted) engine.
 
@@ -64,6 +65,7 @@ def build_async_engine(
     ``max_num_batched_tokens`` is the per-step token budget (prefill chunk size).
     ``prepack_weights`` keeps oneDNN-blocked copies of bfloat16 weights for batched matmuls
     (about 1.3x faster batched decode, one more copy of the projection weights in memory).
+    ``cpu_kernels`` uses :mod:`kakehashi.engine.kernels` for bfloat16 decode where they run.
     """
     model_dir = Path(model_dir)
     if dtype != "auto" and dtype not in _DTYPES:
@@ -88,5 +90,7 @@ def build_async_engine(
         max_queue_len=max_queue_len,
         enable_prefix_caching=enable_prefix_caching,
         max_num_batched_tokens=max_num_batched_tokens,
+        prepack_weights=prepack_weights,
+        cpu_kernels=cpu_kernels,
     )
     return AsyncEngine(LLMEngine(model, tokenizer, engine_config))

@@ -76,6 +76,43 @@ def test_rms_norm_matches_the_upcast_normalize_cast_back_formula(rows):
     assert (got != want).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("rows", [1, 5])
+def test_add_rms_norm_adds_in_place_then_normalizes(rows):
+    x = _rand(rows, 200, seed=15, scale=3.0)
+    delta = _rand(rows, 200, seed=16)
+    weight = _rand(200, seed=17)
+    want_x = x + delta
+    want = ops.rms_norm(want_x, weight, 1e-6)
+    got = ops.add_rms_norm_(x, delta, weight, 1e-6)
+    assert torch.equal(x, want_x)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(("tokens", "heads", "head_dim"), [(1, 12, 64), (7, 5, 128), (3, 2, 24)])
+def test_rotary_matches_the_model_formula(tokens, heads, head_dim):
+    from kakehashi.engine.models.llama import RotaryEmbedding, _apply_rotary
+
+    rope = RotaryEmbedding(head_dim, 10000.0, None)
+    angles = rope(torch.arange(100, 100 + tokens), torch.bfloat16)
+    x = _rand(tokens, heads + 2, head_dim, seed=18)  # the last two heads stay as they are
+    want = _apply_rotary(x[:, :heads], angles)
+    got = x.clone()
+    ops.rotary_(got, *angles, heads)
+    torch.testing.assert_close(got[:, :heads], want, atol=1e-2, rtol=1e-2)
+    assert (got[:, :heads] != want).float().mean() < 0.01  # the same roundings, in practice
+    assert torch.equal(got[:, heads:], x[:, heads:])
+
+
+@pytest.mark.parametrize(("rows", "width"), [(1, 1536), (4, 100)])
+def test_silu_mul_matches_torch(rows, width):
+    gate_up = _rand(rows, 2 * width, seed=19, scale=4.0)
+    gate, up = gate_up.split(width, dim=-1)
+    want = F.silu(gate) * up
+    got = ops.silu_mul(gate_up)
+    torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=1e-2)
+    assert (got != want).float().mean() < 0.01
+
+
 def _paged_cache(
     lengths: list[int], *, block_size: int, kv_heads: int, head_dim: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:

@@ -60,11 +60,37 @@ inline __m512 load_bf16_as_float(const bf16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+// 16 float32 values rounded to bfloat16 (nearest even, as torch rounds), stored at p.
+inline void store_as_bf16(bf16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// Values already representable in bfloat16: round-tripping is what torch's bf16 ops do
+// between two steps of one formula.
+inline __m512 round_bf16(__m512 v) {
+  const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16));
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// Up to 16 bfloat16 values widened to float32; lanes past `left` are zero.
+inline __m512 load_bf16_as_float_masked(const bf16* p, int64_t left) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(tail_mask(left), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+inline void store_as_bf16_masked(bf16* p, __m512 v, int64_t left) {
+  _mm256_mask_storeu_epi16(p, tail_mask(left), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 inline const bf16* data(const at::Tensor& t) {
   return reinterpret_cast<const bf16*>(t.const_data_ptr<c10::BFloat16>());
 }
 
-inline bf16* mutable_data(at::Tensor& t) {
+inline bf16* mutable_data(const at::Tensor& t) {
   return reinterpret_cast<bf16*>(t.mutable_data_ptr<c10::BFloat16>());
 }
 
@@ -153,32 +179,109 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
   return y;
 }
 
-// weight * bf16(x * rsqrt(mean(x^2) + eps)), the float32 math Hugging Face's RMSNorm does.
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+// One row of Hugging Face's RMSNorm: weight * bf16(x * rsqrt(mean(x^2) + eps)).
+void rms_norm_row(const bf16* x, const bf16* weight, bf16* out, int64_t h, float eps) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int64_t i = 0; i < h; i += 16) {
+    const __m512 v = load_bf16_as_float_masked(x + i, h - i);
+    squares = _mm512_fmadd_ps(v, v, squares);
+  }
+  const float mean = _mm512_reduce_add_ps(squares) / static_cast<float>(h);
+  const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+  for (int64_t i = 0; i < h; i += 16) {
+    const __m512 normed = round_bf16(_mm512_mul_ps(load_bf16_as_float_masked(x + i, h - i), inv));
+    store_as_bf16_masked(out + i, _mm512_mul_ps(load_bf16_as_float_masked(weight + i, h - i), normed),
+                         h - i);
+  }
+}
+
+void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
   check_bf16(x, "x", 2);
   check_bf16(weight, "weight", 1);
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
   TORCH_CHECK(x.size(1) == weight.size(0), "weight must match x's last dimension");
-  const int64_t rows = x.size(0), h = x.size(1);
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_norm_args(x, weight);
+  const int64_t h = x.size(1);
   at::Tensor y = at::empty(x.sizes(), x.options());
   const bf16* xp = data(x);
   const bf16* wp = data(weight);
   bf16* yp = mutable_data(y);
-  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      rms_norm_row(xp + r * h, wp, yp + r * h, h, static_cast<float>(eps));
+  });
+  return y;
+}
+
+// The residual step of a pre-norm block: x += delta (rounded, as torch's add_), then
+// returns rms_norm(x).
+at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
+                         double eps) {
+  check_norm_args(x, weight);
+  check_bf16(delta, "delta", 2);
+  TORCH_CHECK(delta.is_contiguous() && delta.sizes() == x.sizes(), "delta must match x");
+  const int64_t h = x.size(1);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  bf16* xp = mutable_data(x);
+  const bf16* dp = data(delta);
+  const bf16* wp = data(weight);
+  bf16* yp = mutable_data(y);
+  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const bf16* row = xp + r * h;
-      float sum = 0.0f;
-      for (int64_t i = 0; i < h; ++i) {
-        const float v = to_float(row[i]);
-        sum += v * v;
+      for (int64_t i = 0; i < h; i += 16) {
+        const __m512 sum = _mm512_add_ps(load_bf16_as_float_masked(xp + r * h + i, h - i),
+                                         load_bf16_as_float_masked(dp + r * h + i, h - i));
+        store_as_bf16_masked(xp + r * h + i, sum, h - i);
       }
-      const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + static_cast<float>(eps));
-      bf16* out = yp + r * h;
-      for (int64_t i = 0; i < h; ++i)
-        out[i] = to_bf16(to_float(wp[i]) * to_float(to_bf16(to_float(row[i]) * inv)));
+      rms_norm_row(xp + r * h, wp, yp + r * h, h, static_cast<float>(eps));
     }
   });
   return y;
+}
+
+// Rotary embedding in place on the first `heads` heads of x (T, >= heads, D), "rotate half"
+// layout, with cos and sign-folded sin (T, 1, D) as the model computes them:
+//   x * cos + cat(x2, x1) * cat(-sin, sin), with x * cos rounded first as torch does.
+void rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, int64_t heads) {
+  check_bf16(x, "x", 3);
+  check_bf16(cos, "cos", 3);
+  check_bf16(signed_sin, "signed_sin", 3);
+  const int64_t tokens = x.size(0), d = x.size(2);
+  TORCH_CHECK(x.stride(2) == 1 && x.stride(1) == d, "x's heads must be contiguous rows");
+  TORCH_CHECK(heads >= 0 && heads <= x.size(1), "more heads to rotate than x has");
+  TORCH_CHECK(cos.is_contiguous() && signed_sin.is_contiguous() && cos.size(0) == tokens &&
+                  cos.size(2) == d && signed_sin.sizes() == cos.sizes(),
+              "cos and sin must be contiguous (T, 1, D)");
+  TORCH_CHECK(d % 2 == 0, "head dim must be even");
+  const int64_t half = d / 2, x_stride = x.stride(0);
+  bf16* xp = mutable_data(x);
+  const bf16* cp = data(cos);
+  const bf16* sp = data(signed_sin);
+  at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const bf16* c = cp + t * d;
+      const bf16* s = sp + t * d;
+      for (int64_t head = 0; head < heads; ++head) {
+        bf16* row = xp + t * x_stride + head * d;
+        for (int64_t i = 0; i < half; i += 16) {
+          const int64_t left = half - i;
+          const __m512 x1 = load_bf16_as_float_masked(row + i, left);
+          const __m512 x2 = load_bf16_as_float_masked(row + half + i, left);
+          const __m512 c1 = load_bf16_as_float_masked(c + i, left);
+          const __m512 c2 = load_bf16_as_float_masked(c + half + i, left);
+          const __m512 s1 = load_bf16_as_float_masked(s + i, left);
+          const __m512 s2 = load_bf16_as_float_masked(s + half + i, left);
+          const __m512 out1 = _mm512_fmadd_ps(x2, s1, round_bf16(_mm512_mul_ps(x1, c1)));
+          const __m512 out2 = _mm512_fmadd_ps(x1, s2, round_bf16(_mm512_mul_ps(x2, c2)));
+          store_as_bf16_masked(row + i, out1, left);
+          store_as_bf16_masked(row + half + i, out2, left);
+        }
+      }
+    }
+  });
 }
 
 // exp(x) for x <= 0 (softmax after subtracting the max): 2^n * e^r with r in
@@ -197,6 +300,38 @@ inline __m512 exp_nonpositive(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
+}
+
+// SwiGLU's gate: gate_up (T, 2I) -> bf16(silu(gate)) * up, (T, I), rounding as torch's
+// silu-then-multiply does.
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  check_bf16(gate_up, "gate_up", 2);
+  TORCH_CHECK(gate_up.stride(1) == 1 && gate_up.size(1) % 2 == 0,
+              "gate_up must have contiguous rows of even width");
+  const int64_t tokens = gate_up.size(0), width = gate_up.size(1) / 2, stride = gate_up.stride(0);
+  at::Tensor out = at::empty({tokens, width}, gate_up.options());
+  const bf16* gp = data(gate_up);
+  bf16* op = mutable_data(out);
+  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t t = begin; t < end; ++t) {
+      const bf16* gate = gp + t * stride;
+      const bf16* up = gate + width;
+      for (int64_t i = 0; i < width; i += 16) {
+        const __m512 g = load_bf16_as_float_masked(gate + i, width - i);
+        // sigmoid(g) from e = exp(-|g|) <= 1, which cannot overflow
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+        const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, e, inv);
+        const __m512 silu = round_bf16(_mm512_mul_ps(g, sigmoid));
+        store_as_bf16_masked(op + t * width + i,
+                             _mm512_mul_ps(silu, load_bf16_as_float_masked(up + i, width - i)),
+                             width - i);
+      }
+    }
+  });
+  return out;
 }
 
 // In place: s[0..len) becomes softmax(s).
@@ -290,34 +425,43 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t vecs = d / 16;
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> query(group * d);
+    std::vector<bf16> packed_query(group * d);
+    std::vector<int64_t> offsets;  // element offset of each context token's head row
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, h = task % kv_heads;
       const int64_t len = lens[b];
       const int32_t* table = tables + b * max_blocks;
-      auto slot_of = [&](int64_t t) {
-        return static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
-      };
-      for (int64_t g = 0; g < group; ++g) {
-        const bf16* src = qp + b * q_stride0 + (h * group + g) * q_stride1;
-        for (int64_t i = 0; i < d; ++i)
-          query[g * d + i] = to_float(src[i]) * static_cast<float>(scale);
+      offsets.resize(len);
+      for (int64_t block = 0, t = 0; t < len; ++block) {
+        const int64_t base = static_cast<int64_t>(table[block]) * block_size * token_stride;
+        for (int64_t i = 0; i < block_size && t < len; ++i, ++t) offsets[t] = base + i * token_stride;
+      }
+      // The group's query heads, contiguous (q may be a strided view).
+      const bf16* query = qp + b * q_stride0 + h * group * q_stride1;
+      if (q_stride1 != d) {
+        for (int64_t g = 0; g < group; ++g)
+          std::memcpy(&packed_query[g * d], query + g * q_stride1, d * sizeof(bf16));
+        query = packed_query.data();
       }
       scores.resize(group * len);
       for (int64_t t0 = 0; t0 < len; t0 += 16) {
         const int64_t n = std::min<int64_t>(16, len - t0);
         const bf16* keys[16];
-        for (int64_t j = 0; j < n; ++j) keys[j] = kp + slot_of(t0 + j) * token_stride + h * d;
+        // Past the context's end, recompute its last key: the result lanes are not stored.
+        for (int64_t j = 0; j < 16; ++j) keys[j] = kp + offsets[t0 + std::min(j, n - 1)] + h * d;
+        const __mmask16 mask = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
         for (int64_t g = 0; g < group; ++g) {
-          const float* qg = &query[g * d];
+          const bf16* qg = query + g * d;
           __m512 part[16];
-          for (int64_t j = 0; j < 16; ++j) part[j] = _mm512_setzero_ps();
-          for (int64_t j = 0; j < n; ++j)
-            for (int64_t v = 0; v < vecs; ++v)
-              part[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qg + v * 16),
-                                        load_bf16_as_float(keys[j] + v * 16), part[j]);
-          const __mmask16 mask = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
-          _mm512_mask_storeu_ps(&scores[g * len + t0], mask, sum16(part));
+#pragma GCC unroll 16
+          for (int64_t j = 0; j < 16; ++j) {
+            __m512 dot = _mm512_setzero_ps();
+            for (int64_t c = 0; c < d; c += kLanes)
+              dot = _mm512_dpbf16_ps(dot, load_bf16(keys[j] + c, d - c), load_bf16(qg + c, d - c));
+            part[j] = dot;
+          }
+          _mm512_mask_storeu_ps(&scores[g * len + t0], mask,
+                                _mm512_mul_ps(sum16(part), _mm512_set1_ps(static_cast<float>(scale))));
         }
       }
       for (int64_t g = 0; g < group; ++g) softmax(&scores[g * len], len);
@@ -326,17 +470,13 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         for (int64_t v = 0; v < vecs; ++v) acc[v] = _mm512_setzero_ps();
         const float* p = &scores[g * len];
         for (int64_t t = 0; t < len; ++t) {
-          const bf16* value = vp + slot_of(t) * token_stride + h * d;
+          const bf16* value = vp + offsets[t] + h * d;
           const __m512 weight = _mm512_set1_ps(p[t]);
           for (int64_t v = 0; v < vecs; ++v)
             acc[v] = _mm512_fmadd_ps(weight, load_bf16_as_float(value + v * 16), acc[v]);
         }
         bf16* dst = op + (b * q_heads + h * group + g) * d;
-        for (int64_t v = 0; v < vecs; ++v) {
-          alignas(64) float lanes[16];
-          _mm512_store_ps(lanes, acc[v]);
-          for (int64_t i = 0; i < 16; ++i) dst[v * 16 + i] = to_bf16(lanes[i]);
-        }
+        for (int64_t v = 0; v < vecs; ++v) store_as_bf16(dst + v * 16, acc[v]);
       }
     }
   });
@@ -348,6 +488,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
 TORCH_LIBRARY(kakehashi, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm_(Tensor(a!) x, Tensor delta, Tensor weight, float eps) -> Tensor");
+  m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor signed_sin, int heads) -> ()");
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
       "Tensor context_lens, float scale) -> Tensor");
@@ -356,5 +499,8 @@ TORCH_LIBRARY(kakehashi, m) {
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
   m.impl("linear", &linear);
   m.impl("rms_norm", &rms_norm);
+  m.impl("add_rms_norm_", &add_rms_norm_);
+  m.impl("rotary_", &rotary_);
+  m.impl("silu_mul", &silu_mul);
   m.impl("paged_decode_attention", &paged_decode_attention);
 }

@@ -37,11 +37,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype))
         self.eps = eps
 
-    # Set by LlamaForCausalLM.enable_cpu_kernels: few-row inputs go through our own kernel.
+    # Set by LlamaForCausalLM.enable_cpu_kernels (here and on the other blocks below).
     cpu_kernel: bool = False
 
+    def add_and_norm(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``x += delta`` in place, then ``self(x)``: one pass with the CPU kernels."""
+        if self.cpu_kernel:
+            return torch.ops.kakehashi.add_rms_norm_(x, delta, self.weight, self.eps)
+        return self(x.add_(delta))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel and x.shape[0] <= _KERNEL_MAX_ROWS_NORM:
+        if self.cpu_kernel:
             return torch.ops.kakehashi.rms_norm(x, self.weight, self.eps)
         # The fused kernel accumulates half-precision inputs in float32 and rounds once, which
         # is exactly Hugging Face's "upcast, normalize, cast back" (checked in the tests).
@@ -115,10 +121,8 @@ def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tenso
 
 # Batch size oneDNN lays prepacked weights out for; measured as good from 2 to 512 rows.
 _PACK_BATCH_HINT = 32
-# Up to this many rows our matrix-vector kernel beats oneDNN (which wins from 4 up); our
-# RMSNorm kernel is used for decode-sized inputs only (torch's is vectorized for prefill).
+# Up to this many rows our matrix-vector kernel beats oneDNN (which wins from 4 up).
 _KERNEL_MAX_ROWS_LINEAR = 3
-_KERNEL_MAX_ROWS_NORM = 64
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -145,6 +149,8 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
 class Attention(nn.Module):
     """Fused q/k/v projection, rotary embedding, the context's attention, output projection."""
 
+    cpu_kernel: bool = False
+
     def __init__(
         self, config: ModelConfig, layer_index: int, *, o_bias: bool, dtype: torch.dtype
     ) -> None:
@@ -170,9 +176,15 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
         qkv = _linear(x, self.qkv_proj)  # (T, Hq*D + 2*Hkv*D)
+        rotated = self.num_heads + self.num_kv_heads
         # Queries and keys are rotated together, in one pass over their heads.
-        qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
-        qk = _apply_rotary(qk, rope)  # (T, Hq + Hkv, D)
+        if self.cpu_kernel:
+            heads = qkv.view(num_tokens, -1, self.head_dim)  # (T, Hq + 2*Hkv, D)
+            torch.ops.kakehashi.rotary_(heads, *rope, rotated)
+            qk = heads[:, :rotated]
+        else:
+            qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
+            qk = _apply_rotary(qk, rope)  # (T, Hq + Hkv, D)
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]  # (T, Hq, D), (T, Hkv, D)
         v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         out = ctx.attend(self.layer_index, q, k, v)  # (T, Hq, D)
@@ -181,6 +193,8 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
+
+    cpu_kernel: bool = False
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
@@ -193,9 +207,10 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = _linear(x, self.gate_up_proj).split(
-            self.intermediate_size, dim=-1
-        )  # (T, I) each
+        gate_up = _linear(x, self.gate_up_proj)  # (T, 2I)
+        if self.cpu_kernel:
+            return _linear(torch.ops.kakehashi.silu_mul(gate_up), self.down_proj)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)  # (T, I) each
         return _linear(F.silu(gate).mul_(up), self.down_proj)  # (T, H)
 
 
@@ -218,8 +233,8 @@ class DecoderLayer(nn.Module):
         ctx: AttentionContext,
     ) -> torch.Tensor:
         # In place: ``x`` is this forward pass's own buffer (the embedding's output).
-        x = x.add_(self.self_attn(self.input_layernorm(x), rope, ctx))
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+        attended = self.self_attn(self.input_layernorm(x), rope, ctx)
+        return x.add_(self.mlp(self.post_attention_layernorm.add_and_norm(x, attended)))
 
 
 # Hugging Face tensor name (inside a layer) -> (our parameter, which slice of a fused tensor).
@@ -325,7 +340,7 @@ class LlamaForCausalLM(nn.Module):
         ):
             return False
         for module in self.modules():
-            if isinstance(module, nn.Linear | RMSNorm):
+            if isinstance(module, nn.Linear | RMSNorm | Attention | MLP):
                 module.cpu_kernel = True
         return True
 
