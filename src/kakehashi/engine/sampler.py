@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kakehashi.engine import kernels
 from kakehashi.engine.params import SamplingParams, TokenLogprob
 
 MAX_TOP_LOGPROBS = 20
@@ -108,7 +109,7 @@ def sample(
         raise ValueError("one params, generator and output list is needed per row")
     processed = apply_penalties_and_bias(logits.float(), params, output_token_ids)
     # Greedy rows are decided together: one argmax and one sync for the whole batch.
-    chosen: list[int] = torch.argmax(processed, dim=-1).tolist()
+    chosen: list[int] = kernels.argmax_rows(processed).tolist()
     for i, p in enumerate(params):
         if p.temperature <= 0.0:
             continue

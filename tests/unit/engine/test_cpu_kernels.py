@@ -252,3 +252,16 @@ def test_fp32_models_do_not_use_the_kernels(tiny_llama_dir):
         cpu_kernels=True,
     )
     assert not cache.cpu_kernels
+
+
+def test_argmax_rows_matches_torch_including_ties_and_infinities():
+    x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(20))
+    x[1, 17] = x[1, 900] = 50.0  # a tie: the first one wins
+    x[2] = float("-inf")  # nothing to pick: index 0, as torch
+    x[3, 999] = float("inf")
+    x[4, :] = 3.0
+    x[5, 995:] = 9.0  # maximum in the masked tail
+    got = ops.argmax_rows(x)
+    assert got.tolist() == torch.argmax(x, dim=-1).tolist()
+    assert got.dtype == torch.int64
+    assert kernels.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()

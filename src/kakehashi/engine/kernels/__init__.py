@@ -12,6 +12,8 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
 - ``rms_norm(x, weight, eps)``: Hugging Face's RMSNorm.
 - ``paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)``: one
   query token per sequence against its paged keys and values.
+- ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
+- ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 logits.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def cpu_supports_bf16_kernels() -> bool:
     return {"avx512f", "avx512bw", "avx512_bf16"} <= set(flags.split())
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=-1)`` for 2-D float32 CPU logits; our kernel once it is loaded
+    (by a bfloat16 model), torch's otherwise."""
+    if _loaded and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2:
+        return torch.ops.kakehashi.argmax_rows(x)
+    return torch.argmax(x, dim=-1)
+
+
+_loaded = False
+
+
 @functools.cache
 def bf16_kernels_available() -> bool:
     """Build (or find in the cache) and load the kernels; False where they cannot run."""
@@ -58,6 +71,8 @@ def bf16_kernels_available() -> bool:
     except Exception as exc:  # a failed build only costs speed, never correctness
         log.warning("CPU kernels unavailable, using torch's own (%s)", str(exc).splitlines()[0])
         return False
+    global _loaded
+    _loaded = True
     return True
 
 

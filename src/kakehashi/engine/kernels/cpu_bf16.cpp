@@ -483,6 +483,44 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
+// Index of each row's maximum, the first one on ties, as torch.argmax (rows of -inf give 0;
+// NaN is never picked). x (N, V) float32 with contiguous rows.
+at::Tensor argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2,
+              "x must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(x.stride(1) == 1 && x.size(1) > 0, "x must have contiguous, non-empty rows");
+  const int64_t rows = x.size(0), width = x.size(1), stride = x.stride(0);
+  TORCH_CHECK(width < std::numeric_limits<int32_t>::max(), "rows too long");
+  at::Tensor out = at::empty({rows}, x.options().dtype(at::kLong));
+  const float* xp = x.const_data_ptr<float>();
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = xp + r * stride;
+      __m512 best = minus_inf;
+      __m512i best_index = _mm512_set1_epi32(std::numeric_limits<int32_t>::max());
+      for (int64_t i = 0; i < width; i += 16) {
+        const __m512 v = _mm512_mask_loadu_ps(minus_inf, tail_mask(width - i), row + i);
+        // Strictly greater: each lane keeps its first maximum.
+        const __mmask16 better = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, better, v);
+        best_index = _mm512_mask_mov_epi32(
+            best_index, better, _mm512_add_epi32(lane_ids, _mm512_set1_epi32(static_cast<int32_t>(i))));
+      }
+      const float top = _mm512_reduce_max_ps(best);
+      if (top == -std::numeric_limits<float>::infinity()) {
+        op[r] = 0;
+        continue;
+      }
+      const __mmask16 at_top = _mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ);
+      op[r] = _mm512_mask_reduce_min_epi32(at_top, best_index);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(kakehashi, m) {
@@ -491,6 +529,7 @@ TORCH_LIBRARY(kakehashi, m) {
   m.def("add_rms_norm_(Tensor(a!) x, Tensor delta, Tensor weight, float eps) -> Tensor");
   m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor signed_sin, int heads) -> ()");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
+  m.def("argmax_rows(Tensor x) -> Tensor");
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
       "Tensor context_lens, float scale) -> Tensor");
@@ -502,5 +541,6 @@ TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
   m.impl("add_rms_norm_", &add_rms_norm_);
   m.impl("rotary_", &rotary_);
   m.impl("silu_mul", &silu_mul);
+  m.impl("argmax_rows", &argmax_rows);
   m.impl("paged_decode_attention", &paged_decode_attention);
 }
