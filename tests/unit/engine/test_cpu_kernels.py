@@ -145,7 +145,8 @@ def _reference_attention(q, k_cache, v_cache, tables, lengths, block_size):
 
 
 @pytest.mark.parametrize(
-    ("q_heads", "kv_heads", "head_dim"), [(9, 3, 64), (14, 2, 64), (4, 4, 128), (4, 2, 16)]
+    ("q_heads", "kv_heads", "head_dim"),
+    [(9, 3, 64), (14, 2, 64), (4, 4, 128), (4, 2, 16), (2, 1, 48)],
 )
 def test_paged_decode_attention_matches_softmax_attention(q_heads, kv_heads, head_dim):
     lengths, block_size = [1, 15, 16, 17, 100, 333], 16
@@ -265,3 +266,38 @@ def test_argmax_rows_matches_torch_including_ties_and_infinities():
     assert got.tolist() == torch.argmax(x, dim=-1).tolist()
     assert got.dtype == torch.int64
     assert kernels.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()
+
+
+amx_only = pytest.mark.skipif(not kernels.cpu_supports_amx(), reason="no AMX on this CPU")
+
+
+@amx_only
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 33, 64, 65])
+@pytest.mark.parametrize(("out_features", "in_features"), [(100, 72), (33, 1), (576, 576)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_amx_linear_matches_torch(rows, out_features, in_features, with_bias):
+    x = _rand(rows, in_features, seed=21)
+    w = _rand(out_features, in_features, seed=22, scale=in_features**-0.5)
+    bias = _rand(out_features, seed=23) if with_bias else None
+    packed = ops.amx_pack(w)
+    got = ops.amx_linear(x, packed, out_features, in_features, bias)
+    want = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+    _assert_bf16_close(got, want)
+
+
+@amx_only
+def test_amx_linear_reads_strided_rows():
+    wide = _rand(5, 300, seed=24)
+    x = wide[:, 4:260]
+    w = _rand(40, 256, seed=25, scale=0.1)
+    got = ops.amx_linear(x, ops.amx_pack(w), 40, 256, None)
+    _assert_bf16_close(got, F.linear(x.float(), w.float()))
+
+
+@amx_only
+def test_amx_packs_replace_onednn_packs(bf16_llama_dir):
+    model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    model.prepack_weights()
+    assert model.enable_cpu_kernels()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(hasattr(m, "amx_weight") and not hasattr(m, "packed_weight") for m in linears)

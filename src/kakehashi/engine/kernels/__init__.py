@@ -9,6 +9,8 @@ to float rounding.
 Once loaded the ops are ``torch.ops.kakehashi.*``:
 
 - ``linear(x, weight, bias)``: ``x @ weight.T + bias`` for a few rows (decode).
+- ``amx_pack(weight)``, ``amx_linear(x, packed, n, k, bias)``: the same on AMX tiles, for
+  decode batches of up to a few dozen rows.
 - ``rms_norm(x, weight, eps)``: Hugging Face's RMSNorm.
 - ``paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)``: one
   query token per sequence against its paged keys and values.
@@ -31,21 +33,41 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("cpu_bf16.cpp")
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"]
+_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_bf16.cpp", "cpu_amx.cpp")]
+_FLAGS = [
+    "-O3",
+    "-fopenmp",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512dq",
+    "-mavx512bf16",
+    "-mamx-tile",  # only the amx_* ops use these, and only where cpu_supports_amx()
+    "-mamx-bf16",
+]
 DISABLE_ENV = "KAKEHASHI_CPU_KERNELS"
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    if sys.platform != "linux":
+        return frozenset()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return frozenset()
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return frozenset(flags.split(":", 1)[-1].split())
 
 
 def cpu_supports_bf16_kernels() -> bool:
     """Whether this CPU has the AVX-512 BF16 instructions the kernels are written in."""
-    if sys.platform != "linux":
-        return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    return {"avx512f", "avx512bw", "avx512_bf16"} <= set(flags.split())
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= _cpu_flags()
+
+
+def cpu_supports_amx() -> bool:
+    """Whether this CPU has AMX tiles with bfloat16 (for ``amx_linear``)."""
+    return {"amx_tile", "amx_bf16"} <= _cpu_flags()
 
 
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +102,7 @@ def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     digest = hashlib.sha256(source + torch.__version__.encode() + " ".join(_FLAGS).encode())
     name = f"kakehashi_cpu_bf16_{digest.hexdigest()[:12]}"
     build_dir = Path(platformdirs.user_cache_dir("kakehashi")) / "kernels" / name
@@ -89,7 +111,7 @@ def _build_and_load() -> None:
         log.info("building kakehashi's CPU kernels (once, about 15 s)")
     cpp_extension.load(
         name=name,
-        sources=[str(_SOURCE)],
+        sources=[str(path) for path in _SOURCES],
         extra_cflags=_FLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),

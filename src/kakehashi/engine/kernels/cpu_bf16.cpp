@@ -358,6 +358,35 @@ void softmax(float* s, int64_t len) {
 
 constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
 
+// dst[g] = sum_t p[g][t] * value_t for the `group` query heads of one kv head: each value row
+// is widened once and used by up to Groups heads at a time, whose accumulators (Groups x Vecs
+// vectors) stay in registers. `vecs` (<= Vecs) is the head dim / 16 when Vecs is only a bound.
+template <int64_t Vecs, int64_t Groups>
+void weighted_values(const float* p, int64_t len, int64_t group, const bf16* values,
+                     const int64_t* offsets, bf16* dst, int64_t vecs = Vecs) {
+  const int64_t d = vecs * 16;
+  for (int64_t g0 = 0; g0 < group; g0 += Groups) {
+    const int64_t count = std::min(Groups, group - g0);
+    __m512 acc[Groups][Vecs];
+    for (int64_t g = 0; g < Groups; ++g)
+      for (int64_t v = 0; v < Vecs; ++v) acc[g][v] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const bf16* row = values + offsets[t];
+      __m512 widened[Vecs];
+      for (int64_t v = 0; v < Vecs; ++v)
+        if (v < vecs) widened[v] = load_bf16_as_float(row + v * 16);
+      for (int64_t g = 0; g < Groups; ++g) {
+        if (g >= count) break;
+        const __m512 weight = _mm512_set1_ps(p[(g0 + g) * len + t]);
+        for (int64_t v = 0; v < Vecs; ++v)
+          if (v < vecs) acc[g][v] = _mm512_fmadd_ps(weight, widened[v], acc[g][v]);
+      }
+    }
+    for (int64_t g = 0; g < count; ++g)
+      for (int64_t v = 0; v < vecs; ++v) store_as_bf16(dst + (g0 + g) * d + v * 16, acc[g][v]);
+  }
+}
+
 // The 16 horizontal sums of p[0..16), as one vector (lane j = sum of p[j]): a transpose-and-add
 // tree, about three instructions per sum instead of a full reduction each.
 inline __m512 sum16(const __m512 p[16]) {
@@ -465,18 +494,14 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         }
       }
       for (int64_t g = 0; g < group; ++g) softmax(&scores[g * len], len);
-      for (int64_t g = 0; g < group; ++g) {
-        __m512 acc[kMaxHeadVecs];
-        for (int64_t v = 0; v < vecs; ++v) acc[v] = _mm512_setzero_ps();
-        const float* p = &scores[g * len];
-        for (int64_t t = 0; t < len; ++t) {
-          const bf16* value = vp + offsets[t] + h * d;
-          const __m512 weight = _mm512_set1_ps(p[t]);
-          for (int64_t v = 0; v < vecs; ++v)
-            acc[v] = _mm512_fmadd_ps(weight, load_bf16_as_float(value + v * 16), acc[v]);
-        }
-        bf16* dst = op + (b * q_heads + h * group + g) * d;
-        for (int64_t v = 0; v < vecs; ++v) store_as_bf16(dst + v * 16, acc[v]);
+      bf16* dst = op + (b * q_heads + h * group) * d;
+      switch (vecs) {
+        case 1: weighted_values<1, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 2: weighted_values<2, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 4: weighted_values<4, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 8: weighted_values<8, 2>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        default:
+          weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, vp + h * d, offsets.data(), dst, vecs);
       }
     }
   });

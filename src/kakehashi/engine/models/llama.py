@@ -123,18 +123,28 @@ def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tenso
 _PACK_BATCH_HINT = 32
 # Up to this many rows our matrix-vector kernel beats oneDNN (which wins from 4 up).
 _KERNEL_MAX_ROWS_LINEAR = 3
+# Up to this many rows our AMX kernel beats oneDNN's with cold weights (decode batches).
+_AMX_MAX_ROWS = 64
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)`` for x (T, in), through the fastest CPU kernel for the shape.
 
-    A single token goes through matrix-vector kernels, which stream the weight faster than a
-    one-row matmul (batch-1 decode); several go through oneDNN with the weight prepacked by
-    :meth:`LlamaForCausalLM.prepack_weights`, if it was.
+    With :mod:`~kakehashi.engine.kernels` on, one row goes through our matrix-vector kernel
+    and a decode batch through our AMX kernel where the CPU has AMX (slower for one row).
+    Otherwise a single token goes through torch's matrix-vector kernels, which stream the
+    weight faster than a one-row matmul; several rows go through oneDNN with the weight
+    prepacked by :meth:`LlamaForCausalLM.prepack_weights`, if it was.
     """
     if x.device.type != "cpu":
         return layer(x)
-    if x.shape[0] <= _KERNEL_MAX_ROWS_LINEAR and getattr(layer, "cpu_kernel", False):
+    rows = x.shape[0]
+    amx_weight = getattr(layer, "amx_weight", None)
+    if amx_weight is not None and 1 < rows <= _AMX_MAX_ROWS:
+        return torch.ops.kakehashi.amx_linear(
+            x, amx_weight, layer.out_features, layer.in_features, layer.bias
+        )
+    if rows <= _KERNEL_MAX_ROWS_LINEAR and getattr(layer, "cpu_kernel", False):
         return torch.ops.kakehashi.linear(x, layer.weight, layer.bias)
     if x.shape[0] == 1:
         if layer.bias is None:
@@ -330,7 +340,9 @@ class LlamaForCausalLM(nn.Module):
         """Route decode-sized projections and norms through :mod:`kakehashi.engine.kernels`.
 
         Only for bfloat16 weights on a CPU with AVX-512 BF16, once the kernels have built.
-        Returns whether they are on.
+        Where the CPU has AMX, every projection also gets an AMX-packed copy for decode
+        batches, which replaces oneDNN's prepacked one (prefill then runs on the plain
+        weights). Returns whether the kernels are on.
         """
         weight = self.lm_head.weight
         if not (
@@ -339,9 +351,15 @@ class LlamaForCausalLM(nn.Module):
             and kernels.bf16_kernels_available()
         ):
             return False
+        amx = kernels.cpu_supports_amx()
         for module in self.modules():
             if isinstance(module, nn.Linear | RMSNorm | Attention | MLP):
                 module.cpu_kernel = True
+            if amx and isinstance(module, nn.Linear):
+                packed = torch.ops.kakehashi.amx_pack(module.weight.detach())
+                module.register_buffer("amx_weight", packed, persistent=False)
+                if hasattr(module, "packed_weight"):
+                    del module.packed_weight
         return True
 
     def forward(
