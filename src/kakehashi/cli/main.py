@@ -192,6 +192,7 @@ def serve(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
             "anyone who can reach this server can use it."
         )
+    _log_to_stderr(log_level)
     application = _build(console, lambda: create_app(settings))
     service = application.state.service
     lines = []
@@ -204,6 +205,18 @@ def serve(
     lines.append(f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]")
     console.print(Panel("\n".join(lines), title="kakehashi", border_style="green"))
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _log_to_stderr(level: str) -> None:
+    """Show kakehashi's own log records (uvicorn configures only its loggers)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("kakehashi")
+    logger.addHandler(handler)
+    # uvicorn's "trace" is below DEBUG; logging has no such level.
+    logger.setLevel(getattr(logging, level.upper(), logging.DEBUG))
 
 
 def _build(console: Console, factory: Callable[[], T]) -> T:

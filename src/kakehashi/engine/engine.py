@@ -5,11 +5,13 @@ Not thread-safe: one thread drives it (see :mod:`kakehashi.engine.async_engine`)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from kakehashi.engine import kernels
 from kakehashi.engine.block_manager import BlockManager
 from kakehashi.engine.kv_cache import KVCache
 from kakehashi.engine.models.base import CausalLM, ModelConfig
@@ -20,6 +22,8 @@ from kakehashi.engine.scheduler import ScheduledSequence, Scheduler
 from kakehashi.engine.sequence import Sequence
 from kakehashi.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from kakehashi.errors import ServiceUnavailableError
+
+log = logging.getLogger(__name__)
 
 # Default KV budget when neither a block count nor a byte budget is given: at most this, and
 # at most DEFAULT_KV_CACHE_RAM_FRACTION of the memory available when the engine starts.
@@ -122,6 +126,13 @@ class LLMEngine:
             prepack()
         enable_kernels = getattr(model, "enable_cpu_kernels", None)
         cpu_kernels = bool(config.cpu_kernels and callable(enable_kernels) and enable_kernels())
+        if cpu_kernels:
+            batches = "AMX" if kernels.cpu_supports_amx() else "oneDNN"
+            log.info(
+                "CPU kernels on: AVX-512 BF16 decode (one sequence), %s (decode batches), "
+                "paged decode attention",
+                batches,
+            )
         dtype = _model_dtype(model)
         device = _model_device(model)
         per_block = KVCache.bytes_per_block(
