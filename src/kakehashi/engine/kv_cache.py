@@ -118,12 +118,15 @@ class PagedAttentionContext:
     def attend(
         self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        k_flat, v_flat = self.cache.flat(layer_index)
-        if k.dtype != k_flat.dtype:
-            k, v = k.to(k_flat.dtype), v.to(v_flat.dtype)
-        k_flat.index_copy_(0, self.new_slots, k)
-        v_flat.index_copy_(0, self.new_slots, v)
         k_cache, v_cache = self.cache.keys[layer_index], self.cache.values[layer_index]
+        if k.dtype != k_cache.dtype:
+            k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+        if self.cache.cpu_kernels:
+            torch.ops.kakehashi.store_kv_(k_cache, v_cache, self.new_slots, k, v)
+        else:
+            k_flat, v_flat = self.cache.flat(layer_index)
+            k_flat.index_copy_(0, self.new_slots, k)
+            v_flat.index_copy_(0, self.new_slots, v)
         parts: list[tuple[slice | torch.Tensor, torch.Tensor]] = []
         for plan in self._prefills:
             rows = plan.rows

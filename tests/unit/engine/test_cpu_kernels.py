@@ -301,3 +301,17 @@ def test_amx_packs_replace_onednn_packs(bf16_llama_dir):
     assert model.enable_cpu_kernels()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert all(hasattr(m, "amx_weight") and not hasattr(m, "packed_weight") for m in linears)
+
+
+def test_store_kv_writes_each_token_into_its_slot():
+    k_cache = torch.zeros(4, 16, 2, 64, dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    kv = _rand(3, 2 + 2 + 2, 64, seed=26)  # q, k, v heads of a fused projection
+    k, v = kv[:, 2:4], kv[:, 4:]
+    slots = torch.tensor([5, 63, 17])
+    ops.store_kv_(k_cache, v_cache, slots, k, v)
+    assert torch.equal(k_cache.view(-1, 2, 64)[slots], k)
+    assert torch.equal(v_cache.view(-1, 2, 64)[slots], v)
+    assert int((k_cache != 0).any(-1).any(-1).sum()) == 3
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.store_kv_(k_cache, v_cache, torch.tensor([0, 1, 64]), k, v)

@@ -16,6 +16,7 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
   query token per sequence against its paged keys and values.
 - ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
 - ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 logits.
+- ``store_kv_(k_cache, v_cache, slots, k, v)``: a step's keys and values into their slots.
 """
 
 from __future__ import annotations

@@ -508,6 +508,40 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
+// Writes this step's keys and values into their cache slots: k_cache[slot[t]] = k[t], the
+// same for v. Caches (num_blocks, block_size, Hkv, D); k and v (T, Hkv, D) with contiguous
+// heads (they may be views into the fused q/k/v projection); slots (T,) int64.
+void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& slots,
+               const at::Tensor& k, const at::Tensor& v) {
+  check_bf16(k_cache, "k_cache", 4);
+  check_bf16(v_cache, "v_cache", 4);
+  check_bf16(k, "k", 3);
+  check_bf16(v, "v", 3);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous(),
+              "slots must be a contiguous 1-D int64 tensor");
+  const int64_t tokens = slots.size(0), heads = k_cache.size(2), d = k_cache.size(3);
+  const int64_t num_slots = k_cache.size(0) * k_cache.size(1);
+  for (const at::Tensor* t : {&k, &v}) {
+    TORCH_CHECK(t->size(0) == tokens && t->size(1) == heads && t->size(2) == d,
+                "k and v must be (T, Hkv, D) matching the cache and slots");
+    TORCH_CHECK(t->stride(2) == 1 && t->stride(1) == d, "k and v heads must be contiguous");
+  }
+  const int64_t* sp = slots.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < num_slots, "slot ", sp[t], " out of range");
+  const int64_t row = heads * d;
+  bf16* kc = mutable_data(k_cache);
+  bf16* vc = mutable_data(v_cache);
+  const bf16* kp = data(k);
+  const bf16* vp = data(v);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::memcpy(kc + sp[t] * row, kp + t * k.stride(0), row * sizeof(bf16));
+    std::memcpy(vc + sp[t] * row, vp + t * v.stride(0), row * sizeof(bf16));
+  }
+}
+
 // Index of each row's maximum, the first one on ties, as torch.argmax (rows of -inf give 0;
 // NaN is never picked). x (N, V) float32 with contiguous rows.
 at::Tensor argmax_rows(const at::Tensor& x) {
@@ -555,6 +589,7 @@ TORCH_LIBRARY(kakehashi, m) {
   m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor signed_sin, int heads) -> ()");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
   m.def("argmax_rows(Tensor x) -> Tensor");
+  m.def("store_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
       "Tensor context_lens, float scale) -> Tensor");
@@ -567,5 +602,6 @@ TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
   m.impl("rotary_", &rotary_);
   m.impl("silu_mul", &silu_mul);
   m.impl("argmax_rows", &argmax_rows);
+  m.impl("store_kv_", &store_kv_);
   m.impl("paged_decode_attention", &paged_decode_attention);
 }

@@ -225,7 +225,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    The last residual add is left to the caller (``pending``), who folds it into the next
+    layer's input norm, or the final norm: one pass over ``x`` instead of two.
+    """
 
     def __init__(
         self, config: ModelConfig, layer_index: int, *, o_bias: bool, dtype: torch.dtype
@@ -239,12 +243,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        pending: torch.Tensor | None,
         rope: RotaryAngles,
         ctx: AttentionContext,
-    ) -> torch.Tensor:
-        # In place: ``x`` is this forward pass's own buffer (the embedding's output).
-        attended = self.self_attn(self.input_layernorm(x), rope, ctx)
-        return x.add_(self.mlp(self.post_attention_layernorm.add_and_norm(x, attended)))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` plus the previous layer's ``pending`` output → (x, this layer's pending).
+
+        In place: ``x`` is this forward pass's own buffer (the embedding's output).
+        """
+        norm = self.input_layernorm
+        normed = norm(x) if pending is None else norm.add_and_norm(x, pending)
+        attended = self.self_attn(normed, rope, ctx)
+        return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, attended))
 
 
 # Hugging Face tensor name (inside a layer) -> (our parameter, which slice of a fused tensor).
@@ -368,9 +378,10 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions: (T,) → final-normed hidden states (T, H)."""
         x = self.embed_tokens(input_ids)  # (T, H)
         rope = self.rotary(positions, x.dtype)  # shared by every layer
+        pending = None
         for layer in self.layers:
-            x = layer(x, rope, ctx)
-        return self.norm(x)
+            x, pending = layer(x, pending, rope, ctx)
+        return self.norm(x) if pending is None else self.norm.add_and_norm(x, pending)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, H) → logits (N, V) in float32."""
