@@ -4,6 +4,9 @@ give the same results with them as without."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -315,3 +318,21 @@ def test_store_kv_writes_each_token_into_its_slot():
     assert int((k_cache != 0).any(-1).any(-1).sum()) == 3
     with pytest.raises(RuntimeError, match="out of range"):
         ops.store_kv_(k_cache, v_cache, torch.tensor([0, 1, 64]), k, v)
+
+
+def test_switched_off_by_environment_the_model_runs_on_torch(bf16_llama_dir, tmp_path):
+    script = (
+        "import torch\n"
+        "from kakehashi.engine import kernels\n"
+        "from kakehashi.engine.models.loader import load_model\n"
+        f"model = load_model({str(bf16_llama_dir)!r}, dtype=torch.bfloat16)\n"
+        "assert not kernels.bf16_kernels_available()\n"
+        "assert not model.enable_cpu_kernels()\n"
+        "print('torch only')\n"
+    )
+    env = {**os.environ, kernels.DISABLE_ENV: "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "torch only"

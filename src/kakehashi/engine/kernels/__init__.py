@@ -1,6 +1,6 @@
 """Our own CPU kernels for bfloat16 decode (AVX-512 BF16), compiled on first use.
 
-The C++ source next to this file is built with torch's extension builder the first time a
+The C++ sources next to this file are built with torch's extension builder the first time a
 bfloat16 model is loaded on a CPU that has AVX-512 BF16 (about 15 s), then cached on disk by
 source and torch version. Where it cannot be built (no compiler, another CPU, or
 ``KAKEHASHI_CPU_KERNELS=0``) the model runs on torch's own kernels, with the same results up
@@ -34,7 +34,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("cpu_bf16.cpp", "cpu_amx.cpp")]
+_HERE = Path(__file__).parent
+_SOURCES = [
+    _HERE / name for name in ("linear.cpp", "attention.cpp", "pointwise.cpp", "amx_linear.cpp")
+]
+_HEADERS = [_HERE / "bf16_vec.h"]
 _FLAGS = [
     "-O3",
     "-fopenmp",
@@ -92,7 +96,12 @@ def bf16_kernels_available() -> bool:
     try:
         _build_and_load()
     except Exception as exc:  # a failed build only costs speed, never correctness
-        log.warning("CPU kernels unavailable, using torch's own (%s)", str(exc).splitlines()[0])
+        log.warning(
+            "CPU kernels unavailable, using torch's own (%s; %s=0 skips the build)",
+            str(exc).splitlines()[0],
+            DISABLE_ENV,
+        )
+        log.debug("kernel build failure", exc_info=True)
         return False
     global _loaded
     _loaded = True
@@ -103,9 +112,9 @@ def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
     _put_ninja_on_path()
-    source = b"".join(path.read_bytes() for path in _SOURCES)
+    source = b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
     digest = hashlib.sha256(source + torch.__version__.encode() + " ".join(_FLAGS).encode())
-    name = f"kakehashi_cpu_bf16_{digest.hexdigest()[:12]}"
+    name = f"kakehashi_cpu_kernels_{digest.hexdigest()[:12]}"
     build_dir = Path(platformdirs.user_cache_dir("kakehashi")) / "kernels" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     if not (build_dir / f"{name}.so").exists():

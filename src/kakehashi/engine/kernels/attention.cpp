@@ -1,0 +1,228 @@
+// Attention of decode steps against the paged KV cache, read in place through block tables,
+// and the write of a step's keys and values into their slots.
+
+#include "bf16_vec.h"
+
+namespace {
+
+using namespace kakehashi::cpu;
+
+// In place: s[0..len) becomes softmax(s).
+void softmax(float* s, int64_t len) {
+  __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t t = 0;
+  for (; t + 16 <= len; t += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(s + t));
+  float max_value = _mm512_reduce_max_ps(top);
+  for (; t < len; ++t) max_value = std::max(max_value, s[t]);
+  const __m512 shift = _mm512_set1_ps(max_value);
+  __m512 total = _mm512_setzero_ps();
+  for (t = 0; t < len; t += 16) {
+    const __mmask16 mask = len - t >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - t)) - 1);
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + t), shift));
+    _mm512_mask_storeu_ps(s + t, mask, e);
+    total = _mm512_add_ps(total, _mm512_maskz_mov_ps(mask, e));
+  }
+  const __m512 norm = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+  for (t = 0; t < len; t += 16) {
+    const __mmask16 mask = len - t >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - t)) - 1);
+    _mm512_mask_storeu_ps(s + t, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s + t), norm));
+  }
+}
+
+constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
+
+// dst[g] = sum_t p[g][t] * value_t for the `group` query heads of one kv head: each value row
+// is widened once and used by up to Groups heads at a time, whose accumulators (Groups x Vecs
+// vectors) stay in registers. `vecs` (<= Vecs) is the head dim / 16 when Vecs is only a bound.
+template <int64_t Vecs, int64_t Groups>
+void weighted_values(const float* p, int64_t len, int64_t group, const bf16* values,
+                     const int64_t* offsets, bf16* dst, int64_t vecs = Vecs) {
+  const int64_t d = vecs * 16;
+  for (int64_t g0 = 0; g0 < group; g0 += Groups) {
+    const int64_t count = std::min(Groups, group - g0);
+    __m512 acc[Groups][Vecs];
+    for (int64_t g = 0; g < Groups; ++g)
+      for (int64_t v = 0; v < Vecs; ++v) acc[g][v] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const bf16* row = values + offsets[t];
+      __m512 widened[Vecs];
+      for (int64_t v = 0; v < Vecs; ++v)
+        if (v < vecs) widened[v] = load_bf16_as_float(row + v * 16);
+      for (int64_t g = 0; g < Groups; ++g) {
+        if (g >= count) break;
+        const __m512 weight = _mm512_set1_ps(p[(g0 + g) * len + t]);
+        for (int64_t v = 0; v < Vecs; ++v)
+          if (v < vecs) acc[g][v] = _mm512_fmadd_ps(weight, widened[v], acc[g][v]);
+      }
+    }
+    for (int64_t g = 0; g < count; ++g)
+      for (int64_t v = 0; v < vecs; ++v) store_as_bf16(dst + (g0 + g) * d + v * 16, acc[g][v]);
+  }
+}
+
+// The 16 horizontal sums of p[0..16), as one vector (lane j = sum of p[j]): a transpose-and-add
+// tree, about three instructions per sum instead of a full reduction each.
+inline __m512 sum16(const __m512 p[16]) {
+  __m512 pairs[8], quads[4], octs[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(p[2 * i], p[2 * i + 1]),
+                             _mm512_unpackhi_ps(p[2 * i], p[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: [a, b, c, d] partial sums
+    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)  // lanes: [abcd from lanes 0+1, abcd 2+3, efgh 0+1, efgh 2+3]
+    octs[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                            _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(octs[0], octs[1], 0x88),
+                       _mm512_shuffle_f32x4(octs[0], octs[1], 0xDD));
+}
+
+// One decode query per sequence against its paged keys and values.
+//   q (B, Hq, D), possibly a strided view; caches (num_blocks, block_size, Hkv, D);
+//   block_tables (B, max_blocks) int32; context_lens (B,) int32. Returns (B, Hq, D).
+// Each (sequence, kv head) pair is one task: its Hq / Hkv query heads share every key and
+// value read, which is widened to float32 once. Scores and softmax are float32.
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                  const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                  const at::Tensor& context_lens, double scale) {
+  check_bf16(q, "q", 3);
+  check_bf16(k_cache, "k_cache", 4);
+  check_bf16(v_cache, "v_cache", 4);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous() &&
+                  block_tables.dim() == 2,
+              "block_tables must be a contiguous (B, max_blocks) int32 tensor");
+  TORCH_CHECK(context_lens.scalar_type() == at::kInt && context_lens.is_contiguous(),
+              "context_lens must be contiguous int32");
+  const int64_t batch = q.size(0), q_heads = q.size(1), d = q.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1);
+  const int64_t kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == d, "head dims differ");
+  TORCH_CHECK(q.stride(2) == 1, "q's head dim must be contiguous");
+  TORCH_CHECK(d % 16 == 0 && d / 16 <= kMaxHeadVecs, "head dim must be a multiple of 16, <= 256");
+  TORCH_CHECK(q_heads % kv_heads == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(block_tables.size(0) == batch && context_lens.size(0) == batch,
+              "one block table and context length per sequence");
+  const int64_t group = q_heads / kv_heads;
+  const int64_t max_blocks = block_tables.size(1);
+  const int32_t* tables = block_tables.const_data_ptr<int32_t>();
+  const int32_t* lens = context_lens.const_data_ptr<int32_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_blocks * block_size,
+                "context length ", lens[b], " does not fit its block table");
+    for (int64_t i = 0; i < (lens[b] + block_size - 1) / block_size; ++i)
+      TORCH_CHECK(tables[b * max_blocks + i] >= 0 && tables[b * max_blocks + i] < num_blocks,
+                  "block id out of range");
+  }
+  at::Tensor out = at::empty({batch, q_heads, d}, q.options());
+  const bf16* qp = data(q);
+  const bf16* kp = data(k_cache);
+  const bf16* vp = data(v_cache);
+  bf16* op = mutable_data(out);
+  const int64_t q_stride0 = q.stride(0), q_stride1 = q.stride(1);
+  const int64_t token_stride = kv_heads * d;  // between consecutive slots of one head
+  const int64_t vecs = d / 16;
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    std::vector<bf16> packed_query(group * d);
+    std::vector<int64_t> offsets;  // element offset of each context token's head row
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, h = task % kv_heads;
+      const int64_t len = lens[b];
+      const int32_t* table = tables + b * max_blocks;
+      offsets.resize(len);
+      for (int64_t block = 0, t = 0; t < len; ++block) {
+        const int64_t base = static_cast<int64_t>(table[block]) * block_size * token_stride;
+        for (int64_t i = 0; i < block_size && t < len; ++i, ++t) offsets[t] = base + i * token_stride;
+      }
+      // The group's query heads, contiguous (q may be a strided view).
+      const bf16* query = qp + b * q_stride0 + h * group * q_stride1;
+      if (q_stride1 != d) {
+        for (int64_t g = 0; g < group; ++g)
+          std::memcpy(&packed_query[g * d], query + g * q_stride1, d * sizeof(bf16));
+        query = packed_query.data();
+      }
+      scores.resize(group * len);
+      for (int64_t t0 = 0; t0 < len; t0 += 16) {
+        const int64_t n = std::min<int64_t>(16, len - t0);
+        const bf16* keys[16];
+        // Past the context's end, recompute its last key: the result lanes are not stored.
+        for (int64_t j = 0; j < 16; ++j) keys[j] = kp + offsets[t0 + std::min(j, n - 1)] + h * d;
+        const __mmask16 mask = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        for (int64_t g = 0; g < group; ++g) {
+          const bf16* qg = query + g * d;
+          __m512 part[16];
+#pragma GCC unroll 16
+          for (int64_t j = 0; j < 16; ++j) {
+            __m512 dot = _mm512_setzero_ps();
+            for (int64_t c = 0; c < d; c += kLanes)
+              dot = _mm512_dpbf16_ps(dot, load_bf16(keys[j] + c, d - c), load_bf16(qg + c, d - c));
+            part[j] = dot;
+          }
+          _mm512_mask_storeu_ps(&scores[g * len + t0], mask,
+                                _mm512_mul_ps(sum16(part), _mm512_set1_ps(static_cast<float>(scale))));
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) softmax(&scores[g * len], len);
+      bf16* dst = op + (b * q_heads + h * group) * d;
+      switch (vecs) {
+        case 1: weighted_values<1, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 2: weighted_values<2, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 4: weighted_values<4, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 8: weighted_values<8, 2>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        default:
+          weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, vp + h * d, offsets.data(), dst, vecs);
+      }
+    }
+  });
+  return out;
+}
+
+// Writes this step's keys and values into their cache slots: k_cache[slot[t]] = k[t], the
+// same for v. Caches (num_blocks, block_size, Hkv, D); k and v (T, Hkv, D) with contiguous
+// heads (they may be views into the fused q/k/v projection); slots (T,) int64.
+void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& slots,
+               const at::Tensor& k, const at::Tensor& v) {
+  check_bf16(k_cache, "k_cache", 4);
+  check_bf16(v_cache, "v_cache", 4);
+  check_bf16(k, "k", 3);
+  check_bf16(v, "v", 3);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous(),
+              "slots must be a contiguous 1-D int64 tensor");
+  const int64_t tokens = slots.size(0), heads = k_cache.size(2), d = k_cache.size(3);
+  const int64_t num_slots = k_cache.size(0) * k_cache.size(1);
+  for (const at::Tensor* t : {&k, &v}) {
+    TORCH_CHECK(t->size(0) == tokens && t->size(1) == heads && t->size(2) == d,
+                "k and v must be (T, Hkv, D) matching the cache and slots");
+    TORCH_CHECK(t->stride(2) == 1 && t->stride(1) == d, "k and v heads must be contiguous");
+  }
+  const int64_t* sp = slots.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < num_slots, "slot ", sp[t], " out of range");
+  const int64_t row = heads * d;
+  bf16* kc = mutable_data(k_cache);
+  bf16* vc = mutable_data(v_cache);
+  const bf16* kp = data(k);
+  const bf16* vp = data(v);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::memcpy(kc + sp[t] * row, kp + t * k.stride(0), row * sizeof(bf16));
+    std::memcpy(vc + sp[t] * row, vp + t * v.stride(0), row * sizeof(bf16));
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor context_lens, float scale) -> Tensor");
+  m.def("store_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
+  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("store_kv_", &store_kv_);
+}

@@ -1,0 +1,114 @@
+// Shared helpers of kakehashi's bfloat16 CPU kernels: AVX-512 loads, stores and rounding of
+// bfloat16 values, a vectorized exp, and argument checks.
+
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace kakehashi::cpu {
+
+using bf16 = uint16_t;
+
+constexpr int64_t kLanes = 32;  // bfloat16 values in one 512-bit register
+
+inline float to_float(bf16 v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as torch's float -> bfloat16 conversion does (NaN stays NaN).
+inline bf16 to_bf16(float f) {
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return static_cast<bf16>(bits >> 16);
+}
+
+// Up to 32 bfloat16 values from p; lanes past `count` read as zero.
+inline __m512bh load_bf16(const bf16* p, int64_t count) {
+  if (count >= kLanes) return (__m512bh)_mm512_loadu_si512(p);
+  __mmask32 mask = (count <= 0) ? 0 : static_cast<__mmask32>((1ull << count) - 1);
+  return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
+}
+
+// 16 bfloat16 values widened to float32.
+inline __m512 load_bf16_as_float(const bf16* p) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// 16 float32 values rounded to bfloat16 (nearest even, as torch rounds), stored at p.
+inline void store_as_bf16(bf16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// Values already representable in bfloat16: round-tripping is what torch's bf16 ops do
+// between two steps of one formula.
+inline __m512 round_bf16(__m512 v) {
+  const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16));
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// Up to 16 bfloat16 values widened to float32; lanes past `left` are zero.
+inline __m512 load_bf16_as_float_masked(const bf16* p, int64_t left) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(tail_mask(left), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+inline void store_as_bf16_masked(bf16* p, __m512 v, int64_t left) {
+  _mm256_mask_storeu_epi16(p, tail_mask(left), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+inline const bf16* data(const at::Tensor& t) {
+  return reinterpret_cast<const bf16*>(t.const_data_ptr<c10::BFloat16>());
+}
+
+inline bf16* mutable_data(const at::Tensor& t) {
+  return reinterpret_cast<bf16*>(t.mutable_data_ptr<c10::BFloat16>());
+}
+
+inline void check_bf16(const at::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16, name, " must be bfloat16");
+  TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions");
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the max): 2^n * e^r with r in
+// [-ln2/2, ln2/2] and a degree-6 Taylor polynomial for e^r (relative error ~1e-7).
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  // below this e^x is not a normal float
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2, high part
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);       // ln 2, low part
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+}  // namespace kakehashi::cpu
