@@ -121,11 +121,11 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         mc = model.config
-        prepack = getattr(model, "prepack_weights", None)
-        if config.prepack_weights and callable(prepack):
-            prepack()
         enable_kernels = getattr(model, "enable_cpu_kernels", None)
         cpu_kernels = bool(config.cpu_kernels and callable(enable_kernels) and enable_kernels())
+        prepack = getattr(model, "prepack_weights", None)
+        if config.prepack_weights and callable(prepack):
+            prepack()  # a model with AMX-packed weights (from the kernels) keeps no second pack
         if cpu_kernels:
             batches = "AMX" if kernels.cpu_supports_amx() else "oneDNN"
             log.info(

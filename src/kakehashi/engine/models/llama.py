@@ -328,7 +328,9 @@ class LlamaForCausalLM(nn.Module):
         """Keep a oneDNN-blocked copy of every projection for multi-token matmuls.
 
         Pays off for bfloat16 on CPUs with native bfloat16 support (about 1.3x faster
-        batched decode); costs a second copy of those weights. Returns whether it packed.
+        batched decode); costs a second copy of those weights. Projections that already have
+        an AMX-packed copy (:meth:`enable_cpu_kernels`) are left alone. Returns whether it
+        packed.
         """
         weight = self.lm_head.weight
         if not (
@@ -339,7 +341,7 @@ class LlamaForCausalLM(nn.Module):
         ):
             return False
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and not hasattr(module, "amx_weight"):
                 packed = torch.ops.mkldnn._reorder_linear_weight(
                     module.weight.detach(), _PACK_BATCH_HINT
                 )
@@ -368,7 +370,7 @@ class LlamaForCausalLM(nn.Module):
             if amx and isinstance(module, nn.Linear):
                 packed = torch.ops.kakehashi.amx_pack(module.weight.detach())
                 module.register_buffer("amx_weight", packed, persistent=False)
-                if hasattr(module, "packed_weight"):
+                if hasattr(module, "packed_weight"):  # one packed copy is enough
                     del module.packed_weight
         return True
 
