@@ -123,15 +123,14 @@ def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tenso
 _PACK_BATCH_HINT = 32
 # Up to this many rows our matrix-vector kernel beats oneDNN (which wins from 4 up).
 _KERNEL_MAX_ROWS_LINEAR = 3
-# Up to this many rows our AMX kernel beats oneDNN's with cold weights (decode batches).
-_AMX_MAX_ROWS = 64
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)`` for x (T, in), through the fastest CPU kernel for the shape.
 
     With :mod:`~kakehashi.engine.kernels` on, one row goes through our matrix-vector kernel
-    and a decode batch through our AMX kernel where the CPU has AMX (slower for one row).
+    and several through our AMX kernel where the CPU has AMX (slower for one row; for decode
+    batches faster than oneDNN, for prefill between oneDNN's prepacked and plain paths).
     Otherwise a single token goes through torch's matrix-vector kernels, which stream the
     weight faster than a one-row matmul; several rows go through oneDNN with the weight
     prepacked by :meth:`LlamaForCausalLM.prepack_weights`, if it was.
@@ -140,7 +139,7 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         return layer(x)
     rows = x.shape[0]
     amx_weight = getattr(layer, "amx_weight", None)
-    if amx_weight is not None and 1 < rows <= _AMX_MAX_ROWS:
+    if amx_weight is not None and rows > 1:
         return torch.ops.kakehashi.amx_linear(
             x, amx_weight, layer.out_features, layer.in_features, layer.bias
         )
