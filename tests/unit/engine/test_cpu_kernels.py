@@ -336,3 +336,16 @@ def test_switched_off_by_environment_the_model_runs_on_torch(bf16_llama_dir, tmp
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch only"
+
+
+def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(tmp_path):
+    from kakehashi.engine.kernels import STALE_LOCK_SECONDS, clear_stale_build_lock
+
+    assert not clear_stale_build_lock(tmp_path)  # no lock at all
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    mtime = lock.stat().st_mtime
+    assert not clear_stale_build_lock(tmp_path, now=mtime + 5)  # a build in progress
+    assert lock.exists()
+    assert clear_stale_build_lock(tmp_path, now=mtime + STALE_LOCK_SECONDS + 1)
+    assert not lock.exists()

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import platformdirs
@@ -117,8 +118,9 @@ def _build_and_load() -> None:
     name = f"kakehashi_cpu_kernels_{digest.hexdigest()[:12]}"
     build_dir = Path(platformdirs.user_cache_dir("kakehashi")) / "kernels" / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_build_lock(build_dir)
     if not (build_dir / f"{name}.so").exists():
-        log.info("building kakehashi's CPU kernels (once, about 15 s)")
+        log.info("building kakehashi's CPU kernels (once, about 30 s)")
     cpp_extension.load(
         name=name,
         sources=[str(path) for path in _SOURCES],
@@ -128,6 +130,28 @@ def _build_and_load() -> None:
         is_python_module=False,
         verbose=False,
     )
+
+
+# A build takes well under this; a lock file older than it was left by a killed build.
+STALE_LOCK_SECONDS = 600.0
+
+
+def clear_stale_build_lock(build_dir: Path, *, now: float | None = None) -> bool:
+    """Remove the build lock a killed process left behind; True if there was one.
+
+    torch's builder waits for its ``lock`` file to disappear, forever: without this, a server
+    stopped during its first kernel build would hang every later start.
+    """
+    lock = build_dir / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    log.warning("removing a stale kernel build lock (%.0f s old): %s", age, lock)
+    lock.unlink(missing_ok=True)
+    return True
 
 
 def _put_ninja_on_path() -> None:
