@@ -127,7 +127,7 @@ class LLMEngine:
         if config.prepack_weights and callable(prepack):
             prepack()  # a model with AMX-packed weights (from the kernels) keeps no second pack
         if cpu_kernels:
-            batches = "AMX" if kernels.cpu_supports_amx() else "oneDNN"
+            batches = "AMX" if kernels.amx_usable() else "oneDNN"
             log.info(
                 "CPU kernels on: AVX-512 BF16 decode (one sequence), %s (decode batches), "
                 "paged decode attention",

@@ -271,7 +271,7 @@ def test_argmax_rows_matches_torch_including_ties_and_infinities():
     assert kernels.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()
 
 
-amx_only = pytest.mark.skipif(not kernels.cpu_supports_amx(), reason="no AMX on this CPU")
+amx_only = pytest.mark.skipif(not kernels.amx_usable(), reason="no usable AMX here")
 
 
 @amx_only
@@ -349,3 +349,8 @@ def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(tmp_path):
     assert lock.exists()
     assert clear_stale_build_lock(tmp_path, now=mtime + STALE_LOCK_SECONDS + 1)
     assert not lock.exists()
+
+
+def test_amx_is_probed_where_the_cpu_has_it():
+    # On an AMX CPU the probe must pass: a failure would silently cost batched speed.
+    assert kernels.amx_usable() == kernels.cpu_supports_amx()

@@ -76,6 +76,22 @@ def cpu_supports_amx() -> bool:
     return {"amx_tile", "amx_bf16"} <= _cpu_flags()
 
 
+@functools.cache
+def amx_usable() -> bool:
+    """Whether ``amx_linear`` runs here: the CPU has AMX, the kernels are loaded, and the
+    kernel (Linux must grant a process the tile state) computes a small product right."""
+    if not (cpu_supports_amx() and bf16_kernels_available()):
+        return False
+    weight = torch.eye(32, dtype=torch.bfloat16)
+    x = torch.arange(64, dtype=torch.bfloat16).view(2, 32)
+    try:
+        y = torch.ops.kakehashi.amx_linear(x, torch.ops.kakehashi.amx_pack(weight), 32, 32, None)
+    except RuntimeError as exc:
+        log.warning("AMX unavailable, decode batches use oneDNN (%s)", str(exc).splitlines()[0])
+        return False
+    return bool(torch.equal(y, x))
+
+
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """``torch.argmax(x, dim=-1)`` for 2-D float32 CPU logits; our kernel once it is loaded
     (by a bfloat16 model), torch's otherwise."""

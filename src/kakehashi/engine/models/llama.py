@@ -362,7 +362,7 @@ class LlamaForCausalLM(nn.Module):
             and kernels.bf16_kernels_available()
         ):
             return False
-        amx = kernels.cpu_supports_amx()
+        amx = kernels.amx_usable()
         for module in self.modules():
             if isinstance(module, nn.Linear | RMSNorm | Attention | MLP):
                 module.cpu_kernel = True
