@@ -165,6 +165,20 @@ def test_paged_decode_attention_matches_softmax_attention(q_heads, kv_heads, hea
     _assert_bf16_close(got, want)
 
 
+@pytest.mark.parametrize("lengths", [[3000], [700, 5], [257]])
+def test_long_contexts_split_across_threads_give_the_same_attention(lengths):
+    # Few sequences with long contexts: each is cut into chunks whose softmax partials merge.
+    block_size = 16
+    k_cache, v_cache, padded, tables = _paged_cache(
+        lengths, block_size=block_size, kv_heads=2, head_dim=64, seed=27
+    )
+    q = _rand(len(lengths), 14, 64, seed=28)
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    got = ops.paged_decode_attention(q, k_cache, v_cache, padded, lens, 0.125)
+    want = _reference_attention(q, k_cache, v_cache, tables, lengths, block_size)
+    _assert_bf16_close(got, want)
+
+
 def test_paged_decode_attention_rejects_lengths_beyond_the_block_table():
     k_cache, v_cache, padded, _ = _paged_cache(
         [20], block_size=16, kv_heads=1, head_dim=16, seed=13

@@ -3,12 +3,16 @@
 
 #include "bf16_vec.h"
 
+#include <tuple>
+#include <utility>
+
 namespace {
 
 using namespace kakehashi::cpu;
 
-// In place: s[0..len) becomes softmax(s).
-void softmax(float* s, int64_t len) {
+// In place: s[0..len) becomes exp(s - max(s)); returns that max and the sum of the
+// exponentials (the caller normalizes, possibly after merging several chunks).
+std::pair<float, float> exp_scores(float* s, int64_t len) {
   __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t t = 0;
   for (; t + 16 <= len; t += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(s + t));
@@ -17,26 +21,23 @@ void softmax(float* s, int64_t len) {
   const __m512 shift = _mm512_set1_ps(max_value);
   __m512 total = _mm512_setzero_ps();
   for (t = 0; t < len; t += 16) {
-    const __mmask16 mask = len - t >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - t)) - 1);
+    const __mmask16 mask = tail_mask(len - t);
     const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + t), shift));
     _mm512_mask_storeu_ps(s + t, mask, e);
     total = _mm512_add_ps(total, _mm512_maskz_mov_ps(mask, e));
   }
-  const __m512 norm = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
-  for (t = 0; t < len; t += 16) {
-    const __mmask16 mask = len - t >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - t)) - 1);
-    _mm512_mask_storeu_ps(s + t, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s + t), norm));
-  }
+  return {max_value, _mm512_reduce_add_ps(total)};
 }
 
 constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
+constexpr int64_t kMinChunkTokens = 256;  // context tokens below which a task is not split
 
-// dst[g] = sum_t p[g][t] * value_t for the `group` query heads of one kv head: each value row
+// dst[g] = sum_t p[g][t] * value_t (float32) for the `group` query heads of one kv head: each value row
 // is widened once and used by up to Groups heads at a time, whose accumulators (Groups x Vecs
 // vectors) stay in registers. `vecs` (<= Vecs) is the head dim / 16 when Vecs is only a bound.
 template <int64_t Vecs, int64_t Groups>
 void weighted_values(const float* p, int64_t len, int64_t group, const bf16* values,
-                     const int64_t* offsets, bf16* dst, int64_t vecs = Vecs) {
+                     const int64_t* offsets, float* dst, int64_t vecs = Vecs) {
   const int64_t d = vecs * 16;
   for (int64_t g0 = 0; g0 < group; g0 += Groups) {
     const int64_t count = std::min(Groups, group - g0);
@@ -56,7 +57,7 @@ void weighted_values(const float* p, int64_t len, int64_t group, const bf16* val
       }
     }
     for (int64_t g = 0; g < count; ++g)
-      for (int64_t v = 0; v < vecs; ++v) store_as_bf16(dst + (g0 + g) * d + v * 16, acc[g][v]);
+      for (int64_t v = 0; v < vecs; ++v) _mm512_storeu_ps(dst + (g0 + g) * d + v * 16, acc[g][v]);
   }
 }
 
@@ -125,18 +126,42 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t q_stride0 = q.stride(0), q_stride1 = q.stride(1);
   const int64_t token_stride = kv_heads * d;  // between consecutive slots of one head
   const int64_t vecs = d / 16;
-  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // Few (sequence, kv head) tasks over long contexts (batch-1 decode of a long chat) would
+  // leave threads idle: their contexts are then cut into chunks whose softmax partials
+  // (max, sum, unnormalized output) are merged at the end.
+  const int64_t tasks = batch * kv_heads;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
+  const int64_t wanted = 4 * at::get_num_threads();
+  const int64_t most_chunks = std::max<int64_t>(1, longest / kMinChunkTokens);
+  const int64_t chunks =
+      tasks >= wanted ? 1 : std::min(most_chunks, (wanted + tasks - 1) / tasks);
+  const int64_t items = tasks * chunks;
+  std::vector<float> part_max(items * group), part_sum(items * group), part_out(items * group * d);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<bf16> packed_query(group * d);
     std::vector<int64_t> offsets;  // element offset of each context token's head row
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t task = item / chunks, chunk = item % chunks;
       const int64_t b = task / kv_heads, h = task % kv_heads;
-      const int64_t len = lens[b];
+      const int64_t lo = lens[b] * chunk / chunks, hi = lens[b] * (chunk + 1) / chunks;
+      const int64_t len = hi - lo;
+      float* out_max = &part_max[item * group];
+      float* out_sum = &part_sum[item * group];
+      float* out_acc = &part_out[item * group * d];
+      if (len == 0) {
+        std::fill(out_max, out_max + group, -std::numeric_limits<float>::infinity());
+        std::fill(out_sum, out_sum + group, 0.0f);
+        std::fill(out_acc, out_acc + group * d, 0.0f);
+        continue;
+      }
       const int32_t* table = tables + b * max_blocks;
       offsets.resize(len);
-      for (int64_t block = 0, t = 0; t < len; ++block) {
-        const int64_t base = static_cast<int64_t>(table[block]) * block_size * token_stride;
-        for (int64_t i = 0; i < block_size && t < len; ++i, ++t) offsets[t] = base + i * token_stride;
+      for (int64_t t = 0, pos = lo; t < len;) {
+        const int64_t base = static_cast<int64_t>(table[pos / block_size]) * block_size;
+        for (int64_t i = pos % block_size; i < block_size && t < len; ++i, ++t, ++pos)
+          offsets[t] = (base + i) * token_stride;
       }
       // The group's query heads, contiguous (q may be a strided view).
       const bf16* query = qp + b * q_stride0 + h * group * q_stride1;
@@ -149,9 +174,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       for (int64_t t0 = 0; t0 < len; t0 += 16) {
         const int64_t n = std::min<int64_t>(16, len - t0);
         const bf16* keys[16];
-        // Past the context's end, recompute its last key: the result lanes are not stored.
+        // Past the chunk's end, recompute its last key: the result lanes are not stored.
         for (int64_t j = 0; j < 16; ++j) keys[j] = kp + offsets[t0 + std::min(j, n - 1)] + h * d;
-        const __mmask16 mask = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        const __mmask16 mask = tail_mask(n);
         for (int64_t g = 0; g < group; ++g) {
           const bf16* qg = query + g * d;
           __m512 part[16];
@@ -166,18 +191,43 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                                 _mm512_mul_ps(sum16(part), _mm512_set1_ps(static_cast<float>(scale))));
         }
       }
-      for (int64_t g = 0; g < group; ++g) softmax(&scores[g * len], len);
-      bf16* dst = op + (b * q_heads + h * group) * d;
+      for (int64_t g = 0; g < group; ++g)
+        std::tie(out_max[g], out_sum[g]) = exp_scores(&scores[g * len], len);
+      const bf16* values = vp + h * d;
       switch (vecs) {
-        case 1: weighted_values<1, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
-        case 2: weighted_values<2, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
-        case 4: weighted_values<4, 4>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
-        case 8: weighted_values<8, 2>(scores.data(), len, group, vp + h * d, offsets.data(), dst); break;
+        case 1: weighted_values<1, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
+        case 2: weighted_values<2, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
+        case 4: weighted_values<4, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
+        case 8: weighted_values<8, 2>(scores.data(), len, group, values, offsets.data(), out_acc); break;
         default:
-          weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, vp + h * d, offsets.data(), dst, vecs);
+          weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, values, offsets.data(), out_acc, vecs);
       }
     }
   });
+  // Merge each task's chunks: rescale every partial to the task's overall max, then divide
+  // by the total weight.
+  std::vector<float> merged(d);
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / kv_heads, h = task % kv_heads;
+    for (int64_t g = 0; g < group; ++g) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < chunks; ++c) top = std::max(top, part_max[(task * chunks + c) * group + g]);
+      float total = 0.0f;
+      std::fill(merged.begin(), merged.end(), 0.0f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t item = task * chunks + c;
+        const float m = part_max[item * group + g];
+        if (m == -std::numeric_limits<float>::infinity()) continue;
+        const float weight = std::exp(m - top);
+        total += weight * part_sum[item * group + g];
+        const float* acc = &part_out[(item * group + g) * d];
+        for (int64_t i = 0; i < d; ++i) merged[i] += weight * acc[i];
+      }
+      bf16* dst = op + (b * q_heads + h * group + g) * d;
+      const float norm = 1.0f / total;
+      for (int64_t i = 0; i < d; ++i) dst[i] = to_bf16(merged[i] * norm);
+    }
+  }
   return out;
 }
 
