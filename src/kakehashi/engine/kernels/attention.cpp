@@ -202,8 +202,17 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         default:
           weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, values, offsets.data(), out_acc, vecs);
       }
+      if (chunks == 1) {  // the whole context: normalize and write the output right here
+        for (int64_t g = 0; g < group; ++g) {
+          const __m512 norm = _mm512_set1_ps(1.0f / out_sum[g]);
+          bf16* dst = op + (b * q_heads + h * group + g) * d;
+          for (int64_t v = 0; v < vecs; ++v)
+            store_as_bf16(dst + v * 16, _mm512_mul_ps(_mm512_loadu_ps(out_acc + g * d + v * 16), norm));
+        }
+      }
     }
   });
+  if (chunks == 1) return out;
   // Merge each task's chunks: rescale every partial to the task's overall max, then divide
   // by the total weight.
   std::vector<float> merged(d);
