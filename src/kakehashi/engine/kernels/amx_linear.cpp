@@ -11,21 +11,12 @@
 //
 // Registered as torch.ops.kakehashi.amx_pack / amx_linear.
 
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
-#include <torch/library.h>
+#include "bf16_vec.h"
 
-#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <optional>
-#include <vector>
 
 #ifndef KH_AMX_PREFETCH_BYTES
 #define KH_AMX_PREFETCH_BYTES 16384
@@ -36,7 +27,7 @@
 
 namespace {
 
-using bf16 = uint16_t;
+using namespace kakehashi::cpu;
 
 constexpr int64_t kTile = 16;                       // rows of a tile; columns of a B tile
 constexpr int64_t kStep = 32;                       // K consumed by one TDPBF16PS
@@ -179,27 +170,20 @@ void block_product(const InputTile* a, const bf16* block, int64_t steps, const S
   }
 }
 
-inline __m512 load_bf16_as_float(const bf16* p, __mmask16 mask) {
-  __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 // Adds bias, rounds to bfloat16 (nearest even) and writes `rows` x `cols` (cols <= 32).
 void write_block(const float* acc, int64_t rows, int64_t cols, const bf16* bias, bf16* y,
                  int64_t y_stride) {
-  __mmask16 masks[2];
+  int64_t valid[2];
   __m512 bias_f[2];
   for (int g = 0; g < 2; ++g) {
-    int64_t valid = std::clamp<int64_t>(cols - g * kTile, 0, kTile);
-    masks[g] = static_cast<__mmask16>((1u << valid) - 1);
-    bias_f[g] = bias ? load_bf16_as_float(bias + g * kTile, masks[g]) : _mm512_setzero_ps();
+    valid[g] = std::clamp<int64_t>(cols - g * kTile, 0, kTile);
+    bias_f[g] = bias ? load_bf16_as_float_masked(bias + g * kTile, valid[g]) : _mm512_setzero_ps();
   }
   for (int64_t r = 0; r < rows; ++r) {
     for (int g = 0; g < 2; ++g) {
-      if (!masks[g]) continue;
-      __m512 v = _mm512_add_ps(_mm512_loadu_ps(acc + r * kBlockCols + g * kTile), bias_f[g]);
-      __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-      _mm256_mask_storeu_epi16(y + r * y_stride + g * kTile, masks[g], h);
+      if (!valid[g]) continue;
+      const __m512 v = _mm512_add_ps(_mm512_loadu_ps(acc + r * kBlockCols + g * kTile), bias_f[g]);
+      store_as_bf16_masked(y + r * y_stride + g * kTile, v, valid[g]);
     }
   }
 }
