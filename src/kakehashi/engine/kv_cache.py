@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kakehashi.engine.models.base import PagedDecode
+
 
 class KVCache:
     """Key and value tensors for every layer, sized once from the block pool."""
@@ -110,8 +112,14 @@ class PagedAttentionContext:
         self._prefills = [_PrefillPlan.of(s, dtype) for s in self.sequences if _is_prefill(s)]
         decodes = [s for s in self.sequences if not _is_prefill(s)]
         self._decodes: _DecodePlan | _KernelDecodePlan | None = None
+        self.paged_decode: PagedDecode | None = None
         if decodes and cache.cpu_kernels:
-            self._decodes = _KernelDecodePlan.of(decodes)
+            plan = _KernelDecodePlan.of(decodes)
+            self._decodes = plan
+            if not self._prefills and plan.rows == slice(0, len(self.sequences)):
+                self.paged_decode = PagedDecode(
+                    cache.keys, cache.values, new_slots, plan.block_tables, plan.context_lens
+                )
         elif decodes:
             self._decodes = _DecodePlan.of(decodes, cache.block_size, dtype)
 

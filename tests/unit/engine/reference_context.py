@@ -11,6 +11,8 @@ import torch.nn.functional as F
 class ReferenceContext:
     """One sequence: per-layer K/V grow by concatenation; causal SDPA with GQA repeated out."""
 
+    paged_decode = None  # the fused decode path needs a paged cache
+
     def __init__(self) -> None:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
@@ -38,6 +40,8 @@ class ReferenceContext:
 
 class PackedReferenceContext:
     """Several sequences packed end to end; each keeps its own :class:`ReferenceContext`."""
+
+    paged_decode = None
 
     def __init__(self, num_sequences: int) -> None:
         self.sequences = [ReferenceContext() for _ in range(num_sequences)]

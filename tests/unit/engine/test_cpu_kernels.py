@@ -15,7 +15,8 @@ from reference_context import ReferenceContext
 
 from kakehashi.engine import kernels
 from kakehashi.engine.engine import EngineConfig, LLMEngine
-from kakehashi.engine.kv_cache import KVCache
+from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
+from kakehashi.engine.models.llama import DecoderLayer
 from kakehashi.engine.models.loader import load_model
 from kakehashi.engine.models.tiny import make_tiny_model
 from kakehashi.engine.params import SamplingParams
@@ -368,3 +369,106 @@ def test_a_stale_build_lock_is_cleared_and_a_live_one_kept(tmp_path):
 def test_amx_is_probed_where_the_cpu_has_it():
     # On an AMX CPU the probe must pass: a failure would silently cost batched speed.
     assert kernels.amx_usable() == kernels.cpu_supports_amx()
+
+
+@pytest.fixture(scope="module")
+def bf16_qwen_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen2 (biases on q/k/v) in bfloat16, with 3 query heads per kv head."""
+    return make_tiny_model(
+        tmp_path_factory.mktemp("bf16-qwen"),
+        arch="qwen2",
+        hidden_size=192,
+        num_heads=3,
+        num_kv_heads=1,
+        intermediate_size=320,
+        vocab_size=512,
+        num_layers=3,
+        dtype="bfloat16",
+    )
+
+
+def _generate(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[tuple]]:
+    """Greedy tokens with their top-3 logprobs, per request."""
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=3)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    out: dict[str, list[tuple]] = {str(i): [] for i in range(len(prompts))}
+    while engine.has_unfinished():
+        for chunk in engine.step():
+            for token, lp in zip(chunk.token_ids, chunk.logprobs or (), strict=True):
+                out[chunk.request_id].append((token, lp.logprob, lp.top))
+    return out
+
+
+@pytest.mark.parametrize("model_dir", ["bf16_llama_dir", "bf16_qwen_dir"])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_fused_decode_layers_give_the_bits_of_the_layer_by_layer_kernels(
+    model_dir, batch, request, monkeypatch
+):
+    # Batch 1 and 2 run the matrix-vector kernel; 5 runs AMX where the CPU has it (and the
+    # layer-by-layer path everywhere else, which must then give the same bits trivially).
+    path = request.getfixturevalue(model_dir)
+    prompts = [list(range(3 + i, 3 + i + 7 * (i + 1))) for i in range(batch)]
+    results = {}
+    fused_steps: list[int] = []
+    real_decode_step = DecoderLayer.decode_step
+
+    def counting_decode_step(self, x, *args):
+        fused_steps.append(x.shape[0])
+        return real_decode_step(self, x, *args)
+
+    monkeypatch.setattr(DecoderLayer, "decode_step", counting_decode_step)
+    for fused in (True, False):
+        model = load_model(path, dtype=torch.bfloat16)
+        engine = LLMEngine(model, Tokenizer.from_dir(path), EngineConfig(max_model_len=256))
+        model.fused_decode &= fused
+        results[fused] = _generate(engine, prompts)
+    assert results[True] == results[False]
+    assert all(len(tokens) == 10 for tokens in results[True].values())
+    if batch <= 3 or kernels.amx_usable():
+        # every decode step of the fused run went through it, one call per layer
+        assert fused_steps and set(fused_steps) <= set(range(1, batch + 1))
+    else:
+        assert not fused_steps
+
+
+def test_mixed_prefill_and_decode_steps_do_not_take_the_fused_path(bf16_llama_dir):
+    model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    engine = LLMEngine(model, Tokenizer.from_dir(bf16_llama_dir), EngineConfig(max_model_len=256))
+    cache = engine.kv_cache
+    decode = SequenceSlice(0, 1, 9, torch.tensor([0]))
+    prefill = SequenceSlice(1, 4, 4, torch.tensor([1]))
+    only_decode = PagedAttentionContext(cache, torch.tensor([8]), [decode])
+    assert only_decode.paged_decode is not None
+    assert only_decode.paged_decode.context_lens.tolist() == [9]
+    mixed = PagedAttentionContext(cache, torch.tensor([8, 16, 17, 18, 19]), [decode, prefill])
+    assert mixed.paged_decode is None
+
+
+def test_decode_layer_rejects_weights_that_do_not_fit_the_cache():
+    hidden, d = 64, 16
+    x = _rand(1, hidden, seed=30)
+    norm = torch.ones(hidden, dtype=torch.bfloat16)
+    qkv = _rand(4 * d + 3, hidden, seed=31)  # not whole heads
+    o = _rand(hidden, 2 * d, seed=32)
+    gate_up, down = _rand(64, hidden, seed=33), _rand(hidden, 32, seed=34)
+    k_cache = torch.zeros(2, 16, 1, d, dtype=torch.bfloat16)
+    cos = sin = torch.ones(1, 1, d, dtype=torch.bfloat16)
+    args = dict(
+        slots=torch.tensor([0]),
+        tables=torch.zeros(1, 1, dtype=torch.int32),
+        lens=torch.ones(1, dtype=torch.int32),
+    )
+
+    def call(qkv_weight: torch.Tensor) -> torch.Tensor:
+        return ops.decode_layer_(
+            x, None, norm, qkv_weight, None, None, o, None, None, norm, gate_up, None, down,
+            None, cos, sin, k_cache, k_cache.clone(), args["slots"], args["tables"],
+            args["lens"], 1e-5,
+        )  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="whole heads"):
+        call(qkv)
+    with pytest.raises(RuntimeError, match="o_weight must take the 48"):
+        call(_rand(5 * d, hidden, seed=35))  # 3 query heads, but o_proj takes 2
+    assert call(_rand(4 * d, hidden, seed=36)).shape == (1, hidden)  # 2 query heads fit

@@ -17,6 +17,9 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
 - ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
 - ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 logits.
 - ``store_kv_(k_cache, v_cache, slots, k, v)``: a step's keys and values into their slots.
+- ``decode_layer_(x, pending, <the layer's weights>, cos, signed_sin, k_cache, v_cache, slots,
+  block_tables, context_lens, eps)``: a whole decoder layer of a decode step, chaining the
+  ops above in C++ (the model's ``DecoderLayer.decode_step``).
 """
 
 from __future__ import annotations
@@ -37,9 +40,16 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 _SOURCES = [
-    _HERE / name for name in ("linear.cpp", "attention.cpp", "pointwise.cpp", "amx_linear.cpp")
+    _HERE / name
+    for name in (
+        "linear.cpp",
+        "attention.cpp",
+        "pointwise.cpp",
+        "amx_linear.cpp",
+        "decoder_layer.cpp",
+    )
 ]
-_HEADERS = [_HERE / "bf16_vec.h"]
+_HEADERS = [_HERE / "bf16_vec.h", _HERE / "ops.h"]
 _FLAGS = [
     "-O3",
     "-fopenmp",

@@ -2,6 +2,7 @@
 // and the write of a step's keys and values into their slots.
 
 #include "bf16_vec.h"
+#include "ops.h"
 
 #include <tuple>
 #include <utility>
@@ -79,6 +80,10 @@ inline __m512 sum16(const __m512 p[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(octs[0], octs[1], 0x88),
                        _mm512_shuffle_f32x4(octs[0], octs[1], 0xDD));
 }
+
+}  // namespace
+
+namespace kakehashi::cpu {
 
 // One decode query per sequence against its paged keys and values.
 //   q (B, Hq, D), possibly a strided view; caches (num_blocks, block_size, Hkv, D);
@@ -274,7 +279,7 @@ void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::T
   }
 }
 
-}  // namespace
+}  // namespace kakehashi::cpu
 
 TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor context_lens, float scale) -> Tensor");
@@ -282,6 +287,6 @@ TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
 }
 
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
-  m.impl("paged_decode_attention", &paged_decode_attention);
-  m.impl("store_kv_", &store_kv_);
+  m.impl("paged_decode_attention", &kakehashi::cpu::paged_decode_attention);
+  m.impl("store_kv_", &kakehashi::cpu::store_kv_);
 }

@@ -3,6 +3,7 @@
 // four input rows, accumulated in float32 and rounded to bfloat16 once, as torch does.
 
 #include "bf16_vec.h"
+#include "ops.h"
 
 namespace {
 
@@ -56,6 +57,10 @@ void linear_tokens(const bf16* w, const bf16* bias, const bf16* x, bf16* y, int6
   for (; n < end; ++n) linear_block<1, Tokens>(w, bias, x, y, n, k_size, x_stride, n_size);
 }
 
+}  // namespace
+
+namespace kakehashi::cpu {
+
 // y (M, N) = x (M, K) @ w (N, K)^T + bias: the weight is streamed once; each block of its
 // rows meets every input row while it is in L1.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
@@ -91,12 +96,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
   return y;
 }
 
-}  // namespace
+}  // namespace kakehashi::cpu
 
 TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
-  m.impl("linear", &linear);
+  m.impl("linear", &kakehashi::cpu::linear);
 }

@@ -2,6 +2,7 @@
 // residual add before it), rotary embedding, SwiGLU's gate, and the greedy argmax.
 
 #include "bf16_vec.h"
+#include "ops.h"
 
 namespace {
 
@@ -29,6 +30,10 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
   TORCH_CHECK(x.size(1) == weight.size(0), "weight must match x's last dimension");
 }
+
+}  // namespace
+
+namespace kakehashi::cpu {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight);
@@ -183,7 +188,7 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   return out;
 }
 
-}  // namespace
+}  // namespace kakehashi::cpu
 
 TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
@@ -194,9 +199,9 @@ TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
 }
 
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("add_rms_norm_", &add_rms_norm_);
-  m.impl("rotary_", &rotary_);
-  m.impl("silu_mul", &silu_mul);
-  m.impl("argmax_rows", &argmax_rows);
+  m.impl("rms_norm", &kakehashi::cpu::rms_norm);
+  m.impl("add_rms_norm_", &kakehashi::cpu::add_rms_norm_);
+  m.impl("rotary_", &kakehashi::cpu::rotary_);
+  m.impl("silu_mul", &kakehashi::cpu::silu_mul);
+  m.impl("argmax_rows", &kakehashi::cpu::argmax_rows);
 }

@@ -8,14 +8,31 @@ one sequence ends and the next begins, and that knowledge lives in the engine's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 
+@dataclass(frozen=True, slots=True)
+class PagedDecode:
+    """A step in which every sequence feeds exactly one token, laid out for the fused decode
+    kernels (:mod:`kakehashi.engine.kernels`): row ``b`` of the batch is sequence ``b``."""
+
+    keys: Sequence[torch.Tensor]  # per layer, (num_blocks, block_size, Hkv, D)
+    values: Sequence[torch.Tensor]
+    slots: torch.Tensor  # (B,) int64: where each new token's key and value go
+    block_tables: torch.Tensor  # (B, max_blocks) int32
+    context_lens: torch.Tensor  # (B,) int32, the new token included
+
+
 class AttentionContext(Protocol):
     """Supplied by the engine for one forward pass."""
+
+    # Set when the step is decode-only and the cache runs on the CPU kernels: a model may then
+    # run whole layers through ``kakehashi.decode_layer_`` instead of calling ``attend``.
+    paged_decode: PagedDecode | None
 
     def attend(
         self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

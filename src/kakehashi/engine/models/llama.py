@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kakehashi.engine import kernels
-from kakehashi.engine.models.base import AttentionContext, ModelConfig
+from kakehashi.engine.models.base import AttentionContext, ModelConfig, PagedDecode
 
 
 class WeightLoadError(ValueError):
@@ -255,6 +256,54 @@ class DecoderLayer(nn.Module):
         attended = self.self_attn(normed, rope, ctx)
         return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, attended))
 
+    def decode_step(
+        self,
+        x: torch.Tensor,
+        pending: torch.Tensor | None,
+        rope: RotaryAngles,
+        decode: PagedDecode,
+    ) -> torch.Tensor:
+        """:meth:`forward` for a decode-only step, as one call into the CPU kernels.
+
+        Updates ``x`` in place and returns this layer's pending output, bit for bit what
+        :meth:`forward` gives with the kernels on.
+        """
+        i = self.self_attn.layer_index
+        return torch.ops.kakehashi.decode_layer_(
+            x,
+            pending,
+            *self._decode_weights(),
+            *rope,
+            decode.keys[i],
+            decode.values[i],
+            decode.slots,
+            decode.block_tables,
+            decode.context_lens,
+            self.input_layernorm.eps,
+        )
+
+    def _decode_weights(self) -> tuple[torch.Tensor | None, ...]:
+        """The layer's weights in ``decode_layer_``'s order (None: no bias / no AMX copy)."""
+        attn, mlp = self.self_attn, self.mlp
+
+        def amx(layer: nn.Linear) -> torch.Tensor | None:
+            return getattr(layer, "amx_weight", None)
+
+        return (
+            self.input_layernorm.weight,
+            attn.qkv_proj.weight,
+            attn.qkv_proj.bias,
+            amx(attn.qkv_proj),
+            attn.o_proj.weight,
+            attn.o_proj.bias,
+            amx(attn.o_proj),
+            self.post_attention_layernorm.weight,
+            mlp.gate_up_proj.weight,
+            amx(mlp.gate_up_proj),
+            mlp.down_proj.weight,
+            amx(mlp.down_proj),
+        )
+
 
 # Hugging Face tensor name (inside a layer) -> (our parameter, which slice of a fused tensor).
 _LAYER_WEIGHTS: dict[str, tuple[str, str | None]] = {
@@ -287,6 +336,10 @@ class LlamaForCausalLM(nn.Module):
 
     # Llama's `attention_bias` covers o_proj too; Qwen2 has biases on q/k/v only.
     o_proj_has_bias: ClassVar[bool] = True
+    # Set by enable_cpu_kernels: decode-only steps may run each layer as one kernel call,
+    # for batches whose projections our kernels handle well (AMX for several rows).
+    fused_decode: bool = False
+    fused_decode_max_rows: int = 0
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -371,6 +424,10 @@ class LlamaForCausalLM(nn.Module):
                 module.register_buffer("amx_weight", packed, persistent=False)
                 if hasattr(module, "packed_weight"):  # one packed copy is enough
                     del module.packed_weight
+        self.fused_decode = True
+        # Without AMX, several rows would go through the matrix-vector kernel, which reads the
+        # weight once per four rows: oneDNN (the unfused path) is faster there.
+        self.fused_decode_max_rows = sys.maxsize if amx else _KERNEL_MAX_ROWS_LINEAR
         return True
 
     def forward(
@@ -380,8 +437,13 @@ class LlamaForCausalLM(nn.Module):
         x = self.embed_tokens(input_ids)  # (T, H)
         rope = self.rotary(positions, x.dtype)  # shared by every layer
         pending = None
-        for layer in self.layers:
-            x, pending = layer(x, pending, rope, ctx)
+        decode = ctx.paged_decode if self.fused_decode else None
+        if decode is not None and x.shape[0] <= self.fused_decode_max_rows:
+            for layer in self.layers:
+                pending = layer.decode_step(x, pending, rope, decode)
+        else:
+            for layer in self.layers:
+                x, pending = layer(x, pending, rope, ctx)
         return self.norm(x) if pending is None else self.norm.add_and_norm(x, pending)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
