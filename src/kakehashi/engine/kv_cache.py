@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kakehashi.engine import kernels
 from kakehashi.engine.models.base import PagedDecode
 
 
@@ -35,6 +36,10 @@ class KVCache:
         self.block_size = block_size
         # Decode attention through kakehashi.engine.kernels (bfloat16 on the CPU only).
         self.cpu_kernels = cpu_kernels and dtype == torch.bfloat16 and _kernel_head_dim(head_dim)
+        # Prompt attention through the AMX kernel (it takes head sizes 64, 128 and 256).
+        self.prefill_kernel = (
+            self.cpu_kernels and head_dim in (64, 128, 256) and kernels.amx_usable()
+        )
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -109,7 +114,11 @@ class PagedAttentionContext:
         self.new_slots = new_slots  # (T,) slot of each packed token
         self.sequences = list(sequences)
         dtype = cache.keys[0].dtype if cache.keys else torch.float32
-        self._prefills = [_PrefillPlan.of(s, dtype) for s in self.sequences if _is_prefill(s)]
+        self._prefills = [
+            _PrefillPlan.of(s, dtype, kernel=cache.prefill_kernel)
+            for s in self.sequences
+            if _is_prefill(s)
+        ]
         decodes = [s for s in self.sequences if not _is_prefill(s)]
         self._decodes: _DecodePlan | _KernelDecodePlan | None = None
         self.paged_decode: PagedDecode | None = None
@@ -171,11 +180,15 @@ class _PrefillPlan:
     context_len: int
     block_ids: torch.Tensor | None  # None: the context is exactly this step's tokens
     mask: torch.Tensor | None  # (n, L) additive, when the queries do not start at position 0
+    # The sequence's blocks (int32) when the AMX kernel attends in place of SDPA.
+    kernel_table: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, s: SequenceSlice, dtype: torch.dtype) -> _PrefillPlan:
+    def of(cls, s: SequenceSlice, dtype: torch.dtype, *, kernel: bool = False) -> _PrefillPlan:
         rows = slice(s.query_start, s.query_start + s.num_new)
         L = s.context_len
+        if kernel:
+            return cls(rows, L, None, None, s.block_ids.to(torch.int32))
         if s.num_new == L:
             return cls(rows, L, None, None)
         device = s.block_ids.device
@@ -193,6 +206,10 @@ class _PrefillPlan:
         v_cache: torch.Tensor,
     ) -> torch.Tensor:
         """q (n, Hq, D) → (n, Hq, D); k, v are this step's (n, Hkv, D) for the same rows."""
+        if self.kernel_table is not None:  # k and v are already in the cache
+            return torch.ops.kakehashi.paged_prefill_attention(
+                q, k_cache, v_cache, self.kernel_table, self.context_len, q.shape[-1] ** -0.5
+            )
         if self.block_ids is not None:
             L = self.context_len
             k = k_cache.index_select(0, self.block_ids).flatten(0, 1)[:L]  # (L, Hkv, D)

@@ -472,3 +472,104 @@ def test_decode_layer_rejects_weights_that_do_not_fit_the_cache():
     with pytest.raises(RuntimeError, match="o_weight must take the 48"):
         call(_rand(5 * d, hidden, seed=35))  # 3 query heads, but o_proj takes 2
     assert call(_rand(4 * d, hidden, seed=36)).shape == (1, hidden)  # 2 query heads fit
+
+
+def _reference_prefill(q, k_cache, v_cache, table, context_len, block_size):
+    """float32 causal attention of q's n tokens (the last n of the context) over the cache."""
+    n, q_heads, _ = q.shape
+    slots = [table[t // block_size] * block_size + t % block_size for t in range(context_len)]
+    k = k_cache.flatten(0, 1)[slots].float()  # (L, Hkv, D)
+    v = v_cache.flatten(0, 1)[slots].float()
+    groups = q_heads // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    allowed = (
+        torch.arange(context_len)[None, :] <= torch.arange(context_len - n, context_len)[:, None]
+    )
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=allowed
+    )
+    return out.transpose(0, 1)
+
+
+@amx_only
+@pytest.mark.parametrize(
+    ("q_heads", "kv_heads", "head_dim", "new", "context", "block_size"),
+    [
+        (2, 1, 64, 1, 1, 16),  # a one-token prompt
+        (9, 3, 64, 17, 17, 16),  # a fresh prompt, not a whole tile of rows
+        (9, 3, 64, 17, 100, 16),  # new tokens after a cached prefix
+        (14, 2, 64, 70, 70, 16),
+        (4, 4, 128, 20, 300, 32),  # another block size
+        (8, 2, 256, 7, 65, 16),  # one key past a whole chunk
+        (3, 1, 64, 100, 1000, 16),
+    ],
+)
+def test_paged_prefill_attention_matches_causal_softmax_attention(
+    q_heads, kv_heads, head_dim, new, context, block_size
+):
+    k_cache, v_cache, _, tables = _paged_cache(
+        [context], block_size=block_size, kv_heads=kv_heads, head_dim=head_dim, seed=40
+    )
+    qk = _rand(new, q_heads + kv_heads, head_dim, seed=41)  # q as a view, as the model passes it
+    q = qk[:, :q_heads]
+    table = torch.tensor(tables[0], dtype=torch.int32)
+    got = ops.paged_prefill_attention(q, k_cache, v_cache, table, context, head_dim**-0.5)
+    _assert_bf16_close(got, _reference_prefill(q, k_cache, v_cache, tables[0], context, block_size))
+
+
+@amx_only
+def test_prefill_attention_gives_a_query_the_same_bits_with_or_without_its_prefix_cached():
+    # Prefix reuse must not change greedy output: a token's attention is computed the same
+    # way whether the tokens before it were prefilled in this call or in an earlier one.
+    k_cache, v_cache, _, tables = _paged_cache(
+        [150], block_size=16, kv_heads=2, head_dim=64, seed=42
+    )
+    q = _rand(150, 6, 64, seed=43)
+    table = torch.tensor(tables[0], dtype=torch.int32)
+    whole = ops.paged_prefill_attention(q, k_cache, v_cache, table, 150, 0.125)
+    tail = ops.paged_prefill_attention(q[130:], k_cache, v_cache, table, 150, 0.125)
+    assert torch.equal(whole[130:], tail)
+
+
+@amx_only
+def test_paged_prefill_attention_rejects_bad_arguments():
+    k_cache, v_cache, _, tables = _paged_cache(
+        [40], block_size=16, kv_heads=1, head_dim=64, seed=44
+    )
+    table = torch.tensor(tables[0], dtype=torch.int32)
+    q = _rand(4, 2, 64, seed=45)
+    with pytest.raises(RuntimeError, match="cover the n query tokens"):
+        ops.paged_prefill_attention(q, k_cache, v_cache, table, 3, 0.125)
+    with pytest.raises(RuntimeError, match="does not fit its block table"):
+        ops.paged_prefill_attention(q, k_cache, v_cache, table, 49, 0.125)
+    with pytest.raises(RuntimeError, match="block id out of range"):
+        ops.paged_prefill_attention(
+            q, k_cache, v_cache, torch.tensor([0, 1, 99], dtype=torch.int32), 40, 0.125
+        )
+    small = torch.zeros(4, 16, 1, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head dim must be 64, 128 or 256"):
+        ops.paged_prefill_attention(_rand(1, 1, 32, seed=46), small, small, table, 1, 0.2)
+
+
+@amx_only
+def test_engine_prefills_through_the_attention_kernel_as_through_sdpa(bf16_llama_dir):
+    # Same greedy tokens and logprobs (to bf16 noise) with prompt attention on the kernel
+    # and on torch's SDPA, including a second request that reuses the first one's prefix.
+    prompts = [list(range(3, 90)), [*range(3, 90), 7, 8, 9]]
+    results = {}
+    for kernel in (True, False):
+        model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+        engine = LLMEngine(
+            model, Tokenizer.from_dir(bf16_llama_dir), EngineConfig(max_model_len=256)
+        )
+        assert engine.kv_cache.prefill_kernel
+        engine.kv_cache.prefill_kernel = kernel
+        results[kernel] = _generate(engine, prompts[:1]) | {
+            "1": _generate(engine, prompts[1:])["0"]
+        }
+    for rid in ("0", "1"):
+        kernel_run, sdpa_run = results[True][rid], results[False][rid]
+        assert len(kernel_run) == len(sdpa_run) == 10
+        for (tok_a, lp_a, _), (tok_b, lp_b, _) in zip(kernel_run, sdpa_run, strict=True):
+            assert tok_a == tok_b or abs(lp_a - lp_b) < 0.05
+            assert abs(lp_a - lp_b) < 0.05

@@ -17,6 +17,8 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
 - ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
 - ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 logits.
 - ``store_kv_(k_cache, v_cache, slots, k, v)``: a step's keys and values into their slots.
+- ``paged_prefill_attention(q, k_cache, v_cache, block_table, context_len, scale)``: causal
+  attention of a prompt chunk against its sequence's paged keys and values (AMX only).
 - ``decode_layer_(x, pending, <the layer's weights>, cos, signed_sin, k_cache, v_cache, slots,
   block_tables, context_lens, eps)``: a whole decoder layer of a decode step, chaining the
   ops above in C++ (the model's ``DecoderLayer.decode_step``).
@@ -47,9 +49,10 @@ _SOURCES = [
         "pointwise.cpp",
         "amx_linear.cpp",
         "decoder_layer.cpp",
+        "prefill_attention.cpp",
     )
 ]
-_HEADERS = [_HERE / "bf16_vec.h", _HERE / "ops.h"]
+_HEADERS = [_HERE / name for name in ("bf16_vec.h", "ops.h", "amx.h")]
 _FLAGS = [
     "-O3",
     "-fopenmp",

@@ -16,11 +16,9 @@
 //
 // Registered as torch.ops.kakehashi.amx_pack / amx_linear.
 
+#include "amx.h"
 #include "bf16_vec.h"
 #include "ops.h"
-
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <optional>
 
@@ -46,24 +44,6 @@ constexpr int kLine = 64;
 // 16 output columns), the input rows tile 4, the two weight tiles 6 and 7.
 
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
-
-// The kernel must ask Linux for the AMX tile state once per process before first use.
-void require_amx() {
-  static const bool granted = [] {
-    constexpr int kReqXcompPerm = 0x1023;
-    constexpr int kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  TORCH_CHECK(granted, "amx: arch_prctl(ARCH_REQ_XCOMP_PERM) refused; AMX is unavailable");
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // Tile work costs time per row, so each pass configures exactly the input rows it has (the
 // accumulators and the input tile; weight tiles are always 16 rows). Tile state is per

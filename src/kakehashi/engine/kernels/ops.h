@@ -25,6 +25,11 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
 void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& slots,
                const at::Tensor& k, const at::Tensor& v);
 
+// prefill_attention.cpp
+at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                   const at::Tensor& v_cache, const at::Tensor& block_table,
+                                   int64_t context_len, double scale);
+
 // pointwise.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,

@@ -1,0 +1,360 @@
+// Causal attention of a prompt chunk against its sequence's paged keys and values, on AMX:
+// the prefill counterpart of paged_decode_attention (flash-attention style: an online softmax
+// over chunks of 64 keys, nothing of size queries x keys ever stored).
+//
+// Grouped-query attention is folded into the rows: for kv head h, row r is query token r / g
+// with query head h * g + r % g (g query heads per kv head), so the keys and values of h are
+// packed once into tile layout and every row tile of every query head reads them.
+//
+// Registered as torch.ops.kakehashi.paged_prefill_attention.
+
+#include "amx.h"
+#include "bf16_vec.h"
+#include "ops.h"
+
+#include <vector>
+
+namespace {
+
+using namespace kakehashi::cpu;
+
+constexpr int64_t kRows = 16;   // rows of a tile: query rows, or keys of a key tile
+constexpr int64_t kChunk = 64;  // keys per online-softmax step: four 16-key score tiles
+constexpr int64_t kDStep = 32;  // head dims one TDPBF16PS consumes (Q.K^T)
+constexpr int64_t kKeyStep = 32;  // keys one TDPBF16PS consumes (P.V)
+constexpr int64_t kCols = 16;   // output columns of an accumulator tile
+
+// Tiles: 0..3 accumulators (scores of four key tiles, or four 16-column slices of P.V),
+// 4 the A operand (query rows or probabilities), 5 and 6 alternate as the B operand.
+void configure_tiles() {
+  TileConfig cfg;
+  for (int t = 0; t < 7; ++t) {
+    cfg.rows[t] = kRows;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+struct Layout {
+  int64_t d, kv_heads, block_size, token_stride;  // token_stride: elements between slots
+  int64_t len;         // context length (keys)
+  int64_t padded_len;  // rounded up to whole chunks; keys past len are zero
+};
+
+inline const bf16* key_row(const bf16* cache, const int32_t* table, const Layout& l, int64_t head,
+                           int64_t key) {
+  const int64_t slot = static_cast<int64_t>(table[key / l.block_size]) * l.block_size +
+                       key % l.block_size;
+  return cache + slot * l.token_stride + head * l.d;
+}
+
+// Keys of one head in the B layout of Q.K^T: for key tile t and head-dim step s, 16 rows of
+// dword pairs [d pair p][key j] = (K[16t + j][32s + 2p], K[16t + j][32s + 2p + 1]).
+void pack_keys(const bf16* cache, const int32_t* table, const Layout& l, int64_t head,
+               int64_t tile_begin, int64_t tile_end, uint32_t* out) {
+  const int64_t steps = l.d / kDStep;
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    uint32_t* tile = out + t * steps * kRows * kRows;
+    for (int64_t j = 0; j < kRows; ++j) {
+      const int64_t key = t * kRows + j;
+      if (key >= l.len) {
+        for (int64_t p = 0; p < l.d / 2; ++p) tile[p * kRows + j] = 0;
+        continue;
+      }
+      uint32_t pairs[128];  // d <= 256
+      std::memcpy(pairs, key_row(cache, table, l, head, key), l.d * sizeof(bf16));
+      for (int64_t p = 0; p < l.d / 2; ++p) tile[p * kRows + j] = pairs[p];
+    }
+  }
+}
+
+// Values of one head in the B layout of P.V: for key step u (32 keys) and column slice c,
+// 16 rows [key pair p][column i][2] = (V[32u + 2p][16c + i], V[32u + 2p + 1][16c + i]).
+void pack_values(const bf16* cache, const int32_t* table, const Layout& l, int64_t head,
+                 int64_t step_begin, int64_t step_end, bf16* out) {
+  const int64_t slices = l.d / kCols;
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t u = step_begin; u < step_end; ++u) {
+    bf16* step = out + u * slices * kRows * kCols * 2;
+    for (int64_t p = 0; p < kRows; ++p) {
+      const int64_t key = u * kKeyStep + 2 * p;
+      const bf16* even = key < l.len ? key_row(cache, table, l, head, key) : nullptr;
+      const bf16* odd = key + 1 < l.len ? key_row(cache, table, l, head, key + 1) : nullptr;
+      for (int64_t c = 0; c < slices; ++c) {
+        // one dword per column: the even key's value in the low half, the odd key's above
+        const __m256i lo = even ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even + c * kCols)) : zero;
+        const __m256i hi = odd ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd + c * kCols)) : zero;
+        const __m512i pairs = _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                              _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        _mm512_storeu_si512(step + (c * kRows + p) * kCols * 2, pairs);
+      }
+    }
+  }
+}
+
+// The running state of one row tile: max and sum of exponentials per row, and the unnormalized
+// output (16 x d float32).
+struct RowState {
+  float max[kRows];
+  float sum[kRows];
+  std::vector<float> out;
+};
+
+// Scores of 16 rows against the 64 keys of chunk `c`, into s (16 x 64 float32).
+void chunk_scores(const bf16* q_rows, int64_t d, const uint32_t* keys, int64_t c, float* s) {
+  const int64_t steps = d / kDStep;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t tile_elems = kRows * kRows;  // dwords per packed key tile and step
+  const uint32_t* base = keys + (c * kChunk / kRows) * steps * tile_elems;
+  for (int64_t st = 0; st < steps; ++st) {
+    _tile_loadd(4, q_rows + st * kDStep, d * sizeof(bf16));
+    _tile_loadd(5, base + (0 * steps + st) * tile_elems, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, base + (1 * steps + st) * tile_elems, 64);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(5, base + (2 * steps + st) * tile_elems, 64);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_loadd(6, base + (3 * steps + st) * tile_elems, 64);
+    _tile_dpbf16ps(3, 4, 6);
+  }
+  constexpr int kStride = kChunk * sizeof(float);
+  _tile_stored(0, s, kStride);
+  _tile_stored(1, s + 16, kStride);
+  _tile_stored(2, s + 32, kStride);
+  _tile_stored(3, s + 48, kStride);
+}
+
+// exp(x) for x <= 0, accurate to about 1e-4 (relative): enough for probabilities that are
+// rounded to bfloat16 (8 significant bits) next. 2^n * e^r, |r| <= ln2/2, degree-4 Taylor.
+inline __m512 exp_for_bf16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147181f), x);
+  __m512 p = _mm512_set1_ps(1.0f / 24);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Online softmax step over the raw scores of chunk `c` (row r may see keys up to limit[r]):
+// updates each row's max and sum, rescales its output, and writes the probabilities
+// softmax(scale * s) as bfloat16 (16 x 64, the A operand of P.V).
+void chunk_softmax(const float* s, int64_t c, const int64_t* limit, float scale, int64_t d,
+                   RowState& st, bf16* p) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  __m512i key[4];  // key offsets within the chunk, per 16-lane group
+  for (int g = 0; g < 4; ++g)
+    key[g] = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) +
+             _mm512_set1_epi32(g * 16);
+  __mmask16 visible[kRows][4];
+  alignas(64) float chunk_max[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {  // the largest visible score of each row
+    const float* row = s + r * kChunk;
+    const __m512i lim = _mm512_set1_epi32(static_cast<int32_t>(
+        std::clamp<int64_t>(limit[r] - c * kChunk, -1, kChunk)));
+    __m512 top = _mm512_set1_ps(kMinusInf);
+    for (int g = 0; g < 4; ++g) {
+      visible[r][g] = _mm512_cmple_epi32_mask(key[g], lim);
+      top = _mm512_mask_max_ps(top, visible[r][g], top, _mm512_loadu_ps(row + g * 16));
+    }
+    chunk_max[r] = _mm512_reduce_max_ps(top) * scale;  // scale > 0 keeps the maximum
+  }
+  // All rows at once: the new maxima and the factor each row's earlier terms shrink by
+  // (1 where the chunk adds nothing new; 0 where there were no earlier terms).
+  const __m512 old_max = _mm512_loadu_ps(st.max);
+  const __m512 new_max = _mm512_max_ps(old_max, _mm512_load_ps(chunk_max));
+  const __mmask16 had_terms = _mm512_cmp_ps_mask(old_max, _mm512_set1_ps(kMinusInf), _CMP_NEQ_OQ);
+  alignas(64) float rescale[kRows];
+  _mm512_store_ps(rescale,
+                  _mm512_maskz_mov_ps(had_terms, exp_nonpositive(_mm512_sub_ps(old_max, new_max))));
+  _mm512_storeu_ps(st.max, new_max);
+  const __m512 scale_v = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < kRows; ++r) {
+    bf16* p_row = p + r * kChunk;
+    if (chunk_max[r] == kMinusInf) {  // no visible key here
+      std::memset(p_row, 0, kChunk * sizeof(bf16));
+      continue;
+    }
+    const float* row = s + r * kChunk;
+    const __m512 shift = _mm512_set1_ps(st.max[r]);
+    __m512 total = _mm512_setzero_ps();
+    for (int g = 0; g < 4; ++g) {
+      const __m512 x = _mm512_fmsub_ps(_mm512_loadu_ps(row + g * 16), scale_v, shift);
+      // The sum takes the probabilities as P.V will see them, rounded to bfloat16.
+      const __m512 e = round_bf16(_mm512_maskz_mov_ps(visible[r][g], exp_for_bf16(x)));
+      total = _mm512_add_ps(total, e);
+      store_as_bf16(p_row + g * 16, e);
+    }
+    st.sum[r] = st.sum[r] * rescale[r] + _mm512_reduce_add_ps(total);
+    if (rescale[r] != 1.0f) {
+      float* o = st.out.data() + r * d;
+      const __m512 f = _mm512_set1_ps(rescale[r]);
+      for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), f));
+    }
+  }
+}
+
+// out += P (16 x 64) . V (the chunk's 64 keys x d), four column slices at a time.
+void chunk_values(const bf16* p, const bf16* values, int64_t c, int64_t d, float* scratch,
+                  float* out) {
+  const int64_t slices = d / kCols;
+  const int64_t step_elems = slices * kRows * kCols * 2;  // one packed key step
+  const int64_t tile_elems = kRows * kCols * 2;
+  for (int64_t c0 = 0; c0 < slices; c0 += 4) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t u = 0; u < kChunk / kKeyStep; ++u) {
+      const bf16* step = values + (c * (kChunk / kKeyStep) + u) * step_elems + c0 * tile_elems;
+      _tile_loadd(4, p + u * kKeyStep, kChunk * sizeof(bf16));
+      _tile_loadd(5, step, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(6, step + tile_elems, 64);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(5, step + 2 * tile_elems, 64);
+      _tile_dpbf16ps(2, 4, 5);
+      _tile_loadd(6, step + 3 * tile_elems, 64);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+    constexpr int kStride = 4 * kCols * sizeof(float);
+    _tile_stored(0, scratch, kStride);
+    _tile_stored(1, scratch + 16, kStride);
+    _tile_stored(2, scratch + 32, kStride);
+    _tile_stored(3, scratch + 48, kStride);
+    for (int64_t r = 0; r < kRows; ++r)
+      for (int64_t i = 0; i < 4; ++i) {
+        float* o = out + r * d + (c0 + i) * kCols;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_loadu_ps(scratch + r * 64 + i * 16)));
+      }
+  }
+}
+
+}  // namespace
+
+namespace kakehashi::cpu {
+
+// q (n, Hq, D), possibly a strided view, holds the queries of a sequence's last n tokens;
+// their keys and values are already in the caches (num_blocks, block_size, Hkv, D), with the
+// sequence's earlier ones. block_table (blocks,) int32 covers its context_len tokens.
+// Query i (position context_len - n + i) attends to keys 0..that position. Returns
+// (n, Hq, D). D must be 64, 128 or 256; the CPU must have AMX.
+at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                   const at::Tensor& v_cache, const at::Tensor& block_table,
+                                   int64_t context_len, double scale) {
+  check_bf16(q, "q", 3);
+  check_bf16(k_cache, "k_cache", 4);
+  check_bf16(v_cache, "v_cache", 4);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  TORCH_CHECK(block_table.scalar_type() == at::kInt && block_table.is_contiguous() &&
+                  block_table.dim() == 1,
+              "block_table must be a contiguous 1-D int32 tensor");
+  const int64_t n = q.size(0), q_heads = q.size(1), d = q.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1);
+  const int64_t kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == d, "head dims differ");
+  TORCH_CHECK(d == 64 || d == 128 || d == 256, "head dim must be 64, 128 or 256");
+  TORCH_CHECK(q.stride(2) == 1, "q's head dim must be contiguous");
+  TORCH_CHECK(q_heads % kv_heads == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(n >= 1 && context_len >= n, "context_len must cover the n query tokens");
+  TORCH_CHECK(block_table.size(0) * block_size >= context_len,
+              "context length ", context_len, " does not fit its block table");
+  const int32_t* table = block_table.const_data_ptr<int32_t>();
+  for (int64_t i = 0; i < (context_len + block_size - 1) / block_size; ++i)
+    TORCH_CHECK(table[i] >= 0 && table[i] < num_blocks, "block id out of range");
+  require_amx();
+
+  const int64_t group = q_heads / kv_heads;
+  const Layout layout{d, kv_heads, block_size, kv_heads * d, context_len,
+                      (context_len + kChunk - 1) / kChunk * kChunk};
+  // Packed keys and values of every kv head, built once and read by every row tile.
+  const int64_t head_elems = layout.padded_len * d;
+  std::vector<uint32_t> keys(kv_heads * head_elems / 2);
+  std::vector<bf16> values(kv_heads * head_elems);
+  const bf16* kp = data(k_cache);
+  const bf16* vp = data(v_cache);
+  const int64_t key_tiles = layout.padded_len / kRows, key_steps = layout.padded_len / kKeyStep;
+  at::parallel_for(0, kv_heads * key_tiles, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end;) {
+      const int64_t head = task / key_tiles, t0 = task % key_tiles;
+      const int64_t t1 = std::min(key_tiles, t0 + (end - task));
+      pack_keys(kp, table, layout, head, t0, t1, keys.data() + head * head_elems / 2);
+      // value steps are two key tiles: the task covering an even tile packs the step
+      pack_values(vp, table, layout, head, (t0 + 1) / 2, (t1 + 1) / 2,
+                  values.data() + head * head_elems);
+      task += t1 - t0;
+    }
+  });
+
+  at::Tensor out = at::empty({n, q_heads, d}, q.options());
+  const bf16* qp = data(q);
+  bf16* op = mutable_data(out);
+  const int64_t rows = n * group, row_tiles = (rows + kRows - 1) / kRows;
+  const int64_t first_pos = context_len - n;
+  at::parallel_for(0, kv_heads * row_tiles, 1, [&](int64_t begin, int64_t end) {
+    configure_tiles();
+    std::vector<bf16> q_rows(kRows * d);
+    alignas(64) float s[kRows * kChunk];
+    alignas(64) float scratch[kRows * 4 * kCols];
+    alignas(64) bf16 p[kRows * kChunk];
+    RowState st;
+    st.out.resize(kRows * d);
+    int64_t limit[kRows];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t head = task / row_tiles, r0 = (task % row_tiles) * kRows;
+      const int64_t valid = std::min(kRows, rows - r0);
+      int64_t last_pos = 0;
+      for (int64_t r = 0; r < kRows; ++r) {
+        bf16* dst = q_rows.data() + r * d;
+        if (r >= valid) {
+          std::memset(dst, 0, d * sizeof(bf16));
+          limit[r] = -1;  // padding row: sees nothing
+          continue;
+        }
+        const int64_t token = (r0 + r) / group, qh = head * group + (r0 + r) % group;
+        std::memcpy(dst, qp + token * q.stride(0) + qh * q.stride(1), d * sizeof(bf16));
+        limit[r] = first_pos + token;
+        last_pos = std::max(last_pos, limit[r]);
+      }
+      std::fill(st.max, st.max + kRows, -std::numeric_limits<float>::infinity());
+      std::fill(st.sum, st.sum + kRows, 0.0f);
+      std::fill(st.out.begin(), st.out.end(), 0.0f);
+      const uint32_t* head_keys = keys.data() + head * head_elems / 2;
+      const bf16* head_values = values.data() + head * head_elems;
+      for (int64_t c = 0; c * kChunk <= last_pos; ++c) {
+        chunk_scores(q_rows.data(), d, head_keys, c, s);
+        chunk_softmax(s, c, limit, static_cast<float>(scale), d, st, p);
+        chunk_values(p, head_values, c, d, scratch, st.out.data());
+      }
+      for (int64_t r = 0; r < valid; ++r) {
+        const int64_t token = (r0 + r) / group, qh = head * group + (r0 + r) % group;
+        const __m512 inv = _mm512_set1_ps(1.0f / st.sum[r]);
+        const float* o = st.out.data() + r * d;
+        bf16* dst = op + (token * q_heads + qh) * d;
+        for (int64_t i = 0; i < d; i += 16)
+          store_as_bf16(dst + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), inv));
+      }
+    }
+    _tile_release();
+  });
+  return out;
+}
+
+}  // namespace kakehashi::cpu
+
+TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
+  m.def(
+      "paged_prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+      "int context_len, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
+  m.impl("paged_prefill_attention", &kakehashi::cpu::paged_prefill_attention);
+}
