@@ -51,6 +51,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+# Free memory to leave after packed weight copies: the KV cache and the server need room too.
+PACK_HEADROOM_BYTES = 2 * 1024**3
+
+
+def room_for_packed_weights(weight_bytes: int, free: int | None) -> bool:
+    """Whether a second, matmul-friendly copy of ``weight_bytes`` of weights fits in ``free``
+    bytes of free memory with :data:`PACK_HEADROOM_BYTES` to spare (True when unknown)."""
+    return free is None or free >= weight_bytes + PACK_HEADROOM_BYTES
+
+
 def default_kv_cache_bytes() -> int:
     """The KV budget used when none is configured (see :data:`DEFAULT_KV_CACHE_BYTES`)."""
     free = available_memory_bytes()
@@ -121,13 +131,16 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         mc = model.config
+        pack = config.prepack_weights and _packed_copy_fits(model)
         enable_kernels = getattr(model, "enable_cpu_kernels", None)
-        cpu_kernels = bool(config.cpu_kernels and callable(enable_kernels) and enable_kernels())
+        cpu_kernels = bool(
+            config.cpu_kernels and callable(enable_kernels) and enable_kernels(pack=pack)
+        )
         prepack = getattr(model, "prepack_weights", None)
-        if config.prepack_weights and callable(prepack):
+        if pack and callable(prepack):
             prepack()  # a model with AMX-packed weights (from the kernels) keeps no second pack
         if cpu_kernels:
-            batches = "AMX" if kernels.amx_usable() else "oneDNN"
+            batches = "AMX" if pack and kernels.amx_usable() else "oneDNN" if pack else "torch"
             log.info(
                 "CPU kernels on: AVX-512 BF16 decode (one sequence), %s (decode batches), "
                 "paged decode attention",
@@ -377,6 +390,22 @@ class LLMEngine:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
         )
+
+
+def _packed_copy_fits(model: CausalLM) -> bool:
+    """Whether the model may keep packed copies of its weights; warns when memory is short."""
+    params = getattr(model, "parameters", None)
+    weight_bytes = sum(p.numel() * p.element_size() for p in params()) if params else 0
+    free = available_memory_bytes()
+    if room_for_packed_weights(weight_bytes, free):
+        return True
+    log.warning(
+        "not packing weights for batched matmuls: a packed copy needs %.1f GiB and %.1f GiB "
+        "is free (decode batches run on the plain weights, more slowly)",
+        weight_bytes / 2**30,
+        (free or 0) / 2**30,
+    )
+    return False
 
 
 def _model_dtype(model: CausalLM) -> torch.dtype:

@@ -573,3 +573,44 @@ def test_engine_prefills_through_the_attention_kernel_as_through_sdpa(bf16_llama
         for (tok_a, lp_a, _), (tok_b, lp_b, _) in zip(kernel_run, sdpa_run, strict=True):
             assert tok_a == tok_b or abs(lp_a - lp_b) < 0.05
             assert abs(lp_a - lp_b) < 0.05
+
+
+def test_packed_weight_copies_need_room_for_themselves_and_headroom():
+    from kakehashi.engine.engine import PACK_HEADROOM_BYTES, room_for_packed_weights
+
+    assert room_for_packed_weights(10**9, None)  # unknown: pack, as before
+    assert room_for_packed_weights(10**9, 10**9 + PACK_HEADROOM_BYTES)
+    assert not room_for_packed_weights(10**9, 10**9 + PACK_HEADROOM_BYTES - 1)
+
+
+def test_short_of_memory_the_engine_keeps_one_copy_of_the_weights(
+    bf16_llama_dir, monkeypatch, caplog
+):
+    # A model that fills most of the RAM (a 7B model on a 24 GB machine) must still load:
+    # no packed second copy, the kernels still on for single-sequence decode.
+    from kakehashi.engine import engine as engine_module
+
+    prompts = [list(range(3, 40)), list(range(50, 60)), [9] * 30]
+    packed_engine = LLMEngine(
+        load_model(bf16_llama_dir, dtype=torch.bfloat16),
+        Tokenizer.from_dir(bf16_llama_dir),
+        EngineConfig(max_model_len=256),
+    )
+    want = _generate(packed_engine, prompts)
+
+    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: 1024**3)
+    model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
+    with caplog.at_level("WARNING", logger="kakehashi.engine.engine"):
+        engine = LLMEngine(
+            model, Tokenizer.from_dir(bf16_llama_dir), EngineConfig(max_model_len=256)
+        )
+    assert "not packing weights" in caplog.text
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert not any(hasattr(m, "amx_weight") or hasattr(m, "packed_weight") for m in linears)
+    assert engine.kv_cache.cpu_kernels and model.fused_decode
+    assert model.fused_decode_max_rows == 3  # batches of more go through torch's matmul
+    got = _generate(engine, prompts)
+    for rid, tokens in want.items():
+        assert len(got[rid]) == len(tokens) == 10
+        for (tok_a, lp_a, _), (tok_b, lp_b, _) in zip(got[rid], tokens, strict=True):
+            assert tok_a == tok_b or abs(lp_a - lp_b) < 0.05

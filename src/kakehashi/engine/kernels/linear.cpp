@@ -89,9 +89,22 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
     for (; m + kTokenBlock <= m_size; m += kTokenBlock)
       linear_tokens<kTokenBlock>(wp, b, xp + m * x_stride, yp + m * n_size, n_begin, n_end,
                                  k_size, x_stride, n_size);
-    for (; m < m_size; ++m)
-      linear_tokens<1>(wp, b, xp + m * x_stride, yp + m * n_size, n_begin, n_end, k_size,
-                       x_stride, n_size);
+    // The last one to three rows also in one pass over the weight, not one pass each.
+    const bf16* x_rest = xp + m * x_stride;
+    bf16* y_rest = yp + m * n_size;
+    switch (m_size - m) {
+      case 3:
+        linear_tokens<3>(wp, b, x_rest, y_rest, n_begin, n_end, k_size, x_stride, n_size);
+        break;
+      case 2:
+        linear_tokens<2>(wp, b, x_rest, y_rest, n_begin, n_end, k_size, x_stride, n_size);
+        break;
+      case 1:
+        linear_tokens<1>(wp, b, x_rest, y_rest, n_begin, n_end, k_size, x_stride, n_size);
+        break;
+      default:
+        break;
+    }
   });
   return y;
 }

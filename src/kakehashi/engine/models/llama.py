@@ -409,13 +409,13 @@ class LlamaForCausalLM(nn.Module):
                 module.register_buffer("packed_weight", packed, persistent=False)
         return True
 
-    def enable_cpu_kernels(self) -> bool:
+    def enable_cpu_kernels(self, *, pack: bool = True) -> bool:
         """Route decode-sized projections and norms through :mod:`kakehashi.engine.kernels`.
 
         Only for bfloat16 weights on a CPU with AVX-512 BF16, once the kernels have built.
-        Where the CPU has AMX, every projection also gets an AMX-packed copy for decode
-        batches, which replaces oneDNN's prepacked one (prefill then runs on the plain
-        weights). Returns whether the kernels are on.
+        Where the CPU has AMX and ``pack`` allows a second copy of the weights, every
+        projection also gets an AMX-packed copy for decode batches and prefill, which replaces
+        oneDNN's prepacked one. Returns whether the kernels are on.
         """
         weight = self.lm_head.weight
         if not (
@@ -424,7 +424,7 @@ class LlamaForCausalLM(nn.Module):
             and kernels.bf16_kernels_available()
         ):
             return False
-        amx = kernels.amx_usable()
+        amx = pack and kernels.amx_usable()
         for module in self.modules():
             if isinstance(module, nn.Linear | RMSNorm | Attention | MLP):
                 module.cpu_kernel = True
