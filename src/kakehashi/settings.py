@@ -180,7 +180,9 @@ class Settings(BaseSettings):
         description="Requests allowed to wait for a slot; beyond it requests get a 503.",
     )
     max_num_batched_tokens: int = Field(
-        default=1024, ge=16, description="Tokens per engine step (bounds prefill chunks)."
+        default=256,  # the engine's DEFAULT_MAX_NUM_BATCHED_TOKENS (see why there)
+        ge=16,
+        description="Tokens per engine step (bounds prefill chunks, so the stalls they cause).",
     )
     prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prefixes.")
     cpu_kernels: bool = Field(
