@@ -94,10 +94,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                                   const at::Tensor& v_cache, const at::Tensor& block_tables,
                                   const at::Tensor& context_lens, double scale) {
   check_bf16(q, "q", 3);
-  check_bf16(k_cache, "k_cache", 4);
-  check_bf16(v_cache, "v_cache", 4);
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
-  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  check_paged_caches(k_cache, v_cache);
   TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous() &&
                   block_tables.dim() == 2,
               "block_tables must be a contiguous (B, max_blocks) int32 tensor");

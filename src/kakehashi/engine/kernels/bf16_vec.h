@@ -93,6 +93,15 @@ inline void check_bf16(const at::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions");
 }
 
+// The paged KV cache of one layer: (num_blocks, block_size, Hkv, D) bfloat16, contiguous,
+// keys and values alike.
+inline void check_paged_caches(const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  check_bf16(k_cache, "k_cache", 4);
+  check_bf16(v_cache, "v_cache", 4);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+}
+
 // exp(x) for x <= 0 (softmax after subtracting the max): 2^n * e^r with r in
 // [-ln2/2, ln2/2] and a degree-6 Taylor polynomial for e^r (relative error ~1e-7).
 inline __m512 exp_nonpositive(__m512 x) {

@@ -249,10 +249,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
                                    const at::Tensor& v_cache, const at::Tensor& block_table,
                                    int64_t context_len, double scale) {
   check_bf16(q, "q", 3);
-  check_bf16(k_cache, "k_cache", 4);
-  check_bf16(v_cache, "v_cache", 4);
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
-  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "key and value caches differ in shape");
+  check_paged_caches(k_cache, v_cache);
   TORCH_CHECK(block_table.scalar_type() == at::kInt && block_table.is_contiguous() &&
                   block_table.dim() == 1,
               "block_table must be a contiguous 1-D int32 tensor");
