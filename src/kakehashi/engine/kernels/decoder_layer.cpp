@@ -1,7 +1,7 @@
 // A whole decoder layer of a decode step (every sequence feeds one token) in one call: the
 // same kernels the model would call one by one from Python, chained here without the
-// interpreter and the dispatcher between them. At batch 1 those gaps cost about a third of a
-// small model's token time.
+// interpreter and the dispatcher between them (1.1-1.2x faster decode at batch 1 and 32 on
+// SmolLM2 shapes, same bits).
 
 #include "bf16_vec.h"
 #include "ops.h"

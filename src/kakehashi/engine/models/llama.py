@@ -282,16 +282,16 @@ class DecoderLayer(nn.Module):
             eps,
         )
 
-    # (layer index, norm eps, decode_weights()), set once by enable_cpu_kernels: looking the
+    # (layer index, norm eps, _decode_weights()), set once by enable_cpu_kernels: looking the
     # weights up through the submodules at every step cost about 1.5 ms per token.
     _decode_args: tuple[int, float, tuple[torch.Tensor | None, ...]]
 
     def prepare_decode_step(self) -> None:
         """Gather what :meth:`decode_step` passes to the kernel (after weights are packed)."""
-        weights = self.decode_weights()
+        weights = self._decode_weights()
         self._decode_args = (self.self_attn.layer_index, self.input_layernorm.eps, weights)
 
-    def decode_weights(self) -> tuple[torch.Tensor | None, ...]:
+    def _decode_weights(self) -> tuple[torch.Tensor | None, ...]:
         """The layer's weights in ``decode_layer_``'s order (None: no bias / no AMX copy)."""
         attn, mlp = self.self_attn, self.mlp
 
