@@ -14,7 +14,7 @@ from kakehashi.engine.scheduler import ScheduledSequence
 
 @dataclass(slots=True)
 class RunnerOutput:
-    """Logits of one step, float32.
+    """Logits of one step, in the model's dtype (the sampler widens what it must).
 
     ``sample_logits`` (N, V) has one row per scheduled sequence that samples a token, in
     schedule order (``sample_indices`` are their positions in the schedule).
@@ -75,7 +75,7 @@ class ModelRunner:
             hidden = self.model.forward(ids, pos, ctx)  # (T, hidden)
             if wanted_rows != list(range(len(input_ids))):
                 hidden = hidden[torch.tensor(wanted_rows, dtype=torch.long, device=self.device)]
-            logits = self.model.compute_logits(hidden).float()  # (N, V)
+            logits = self.model.compute_logits(hidden)  # (N, V)
 
         prompt_logits = {i: logits[a : a + n] for i, (a, n) in prompt_spans.items()}
         if sample_rows != list(range(logits.shape[0])):

@@ -61,10 +61,13 @@ def apply_penalties_and_bias(
     params: Sequence[SamplingParams],
     output_token_ids: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """``logits`` (N, V) with each row's logit_bias and penalties applied (a copy if any)."""
+    """``logits`` (N, V) with each row's logit_bias and penalties applied.
+
+    Without any, ``logits`` itself; otherwise a float32 copy.
+    """
     if not any(p.logit_bias or p.presence_penalty or p.frequency_penalty for p in params):
         return logits
-    out = logits.clone()
+    out = logits.to(torch.float32, copy=True)
     vocab = out.shape[-1]
     for i, p in enumerate(params):
         if p.logit_bias:
@@ -99,7 +102,7 @@ def sample(
     generators: Sequence[torch.Generator | None],
     output_token_ids: Sequence[Sequence[int]],
 ) -> SamplerOutput:
-    """Choose one token per row of ``logits`` (N, V) float32.
+    """Choose one token per row of ``logits`` (N, V), float32 or bfloat16.
 
     ``generators[i]`` is row ``i``'s own generator (seeded requests) or None for the global
     one; ``output_token_ids[i]`` are the tokens row ``i`` generated so far (for penalties).
@@ -107,13 +110,13 @@ def sample(
     n = logits.shape[0]
     if not (len(params) == len(generators) == len(output_token_ids) == n):
         raise ValueError("one params, generator and output list is needed per row")
-    processed = apply_penalties_and_bias(logits.float(), params, output_token_ids)
+    processed = apply_penalties_and_bias(logits, params, output_token_ids)
     # Greedy rows are decided together: one argmax and one sync for the whole batch.
     chosen: list[int] = kernels.argmax_rows(processed).tolist()
     for i, p in enumerate(params):
         if p.temperature <= 0.0:
             continue
-        probs = torch.softmax(processed[i] / p.temperature, dim=-1)
+        probs = torch.softmax(processed[i].float() / p.temperature, dim=-1)
         probs = _top_p_filter(probs, p.top_p)
         token = torch.multinomial(probs, 1, generator=generators[i])
         chosen[i] = int(token)

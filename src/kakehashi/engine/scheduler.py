@@ -3,7 +3,8 @@
 Every step, running sequences come first (one token each when decoding, the next chunk when
 part-way through a prefill), then waiting sequences are admitted in arrival order while the
 per-step token budget, the sequence cap and the KV block pool allow. A prompt longer than the
-remaining budget is prefilled in chunks over several steps. When a running sequence needs a
+remaining budget is prefilled in chunks over several steps; its last chunk may run past the
+budget by up to a quarter of it (``Scheduler.chunk_size``). When a running sequence needs a
 new KV block and none is free, the most recently admitted sequence is preempted: its blocks are
 freed and it goes back to the front of the queue, to be recomputed later (its cached prefix
 blocks usually survive, so recomputing is cheap).
@@ -93,7 +94,7 @@ class Scheduler:
         queue = deque(self.running)
         while queue and budget > 0:
             seq = queue.popleft()
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = self.chunk_size(seq.num_uncomputed_tokens, budget)
             while not bm.can_append(seq, seq.num_computed_tokens + n):
                 victim = queue.pop() if queue else seq
                 self._preempt(victim)
@@ -124,11 +125,23 @@ class Scheduler:
             if seq.num_cached_tokens is None:
                 seq.num_cached_tokens = cached
             seq.status = SequenceStatus.RUNNING
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = self.chunk_size(seq.num_uncomputed_tokens, budget)
             out.scheduled.append(ScheduledSequence.of(seq, n))
             self.running.append(seq)
             budget -= n
         return out
+
+    def chunk_size(self, remaining: int, budget: int) -> int:
+        """Tokens a sequence with ``remaining`` uncomputed ones feeds when ``budget`` is left.
+
+        The whole rest when it is over the budget by at most a quarter of the step budget: a
+        tail that small would otherwise cost a step of its own, and a step passes over all the
+        weights however few tokens it has (on a CPU, as long as a decode step). So a step
+        holds at most 1.25x ``max_num_batched_tokens`` tokens.
+        """
+        if remaining <= budget + self.max_num_batched_tokens // 4:
+            return remaining
+        return budget
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

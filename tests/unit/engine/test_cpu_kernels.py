@@ -273,8 +273,9 @@ def test_fp32_models_do_not_use_the_kernels(tiny_llama_dir):
     assert not cache.cpu_kernels
 
 
-def test_argmax_rows_matches_torch_including_ties_and_infinities():
-    x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(20))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_matches_torch_including_ties_and_infinities(dtype):
+    x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(20)).to(dtype)
     x[1, 17] = x[1, 900] = 50.0  # a tie: the first one wins
     x[2] = float("-inf")  # nothing to pick: index 0, as torch
     x[3, 999] = float("inf")
@@ -284,6 +285,8 @@ def test_argmax_rows_matches_torch_including_ties_and_infinities():
     assert got.tolist() == torch.argmax(x, dim=-1).tolist()
     assert got.dtype == torch.int64
     assert kernels.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.argmax_rows(x.half())
 
 
 amx_only = pytest.mark.skipif(not kernels.amx_usable(), reason="no usable AMX here")

@@ -74,12 +74,27 @@ def test_chunked_prefill_under_token_budget():
     assert all(s.num_tokens <= 8 for s in out.scheduled)
 
 
+def test_a_short_prompt_tail_joins_the_chunk_before_it_instead_of_a_step_of_its_own():
+    sched = make_scheduler(budget=16)  # a tail of up to 16 // 4 = 4 tokens joins
+    add(sched, "a", 20)
+    out = run_step(sched)
+    assert plan(out) == [("a", 0, 20)]  # 16 + a 4-token tail, one step
+    assert out.scheduled[0].samples
+    add(sched, "b", 21)
+    assert plan(run_step(sched)) == [("a", 20, 1), ("b", 0, 15)]  # 6 past the budget: chunked
+    assert plan(run_step(sched)) == [("a", 21, 1), ("b", 15, 6)]
+    # The rule holds with the budget partly spent: 1 decode + 19 = 20 <= 1.25 x 16.
+    add(sched, "c", 19)
+    assert plan(run_step(sched)) == [("a", 22, 1), ("b", 21, 1), ("c", 0, 14)]
+    assert sched.chunk_size(3, 0) == 3 and sched.chunk_size(5, 0) == 0
+
+
 def test_budget_limits_admissions_in_arrival_order():
     sched = make_scheduler(budget=10)
     for name in "abc":
-        add(sched, name, 4)
+        add(sched, name, 4 if name != "c" else 6)
     assert plan(run_step(sched)) == [("a", 0, 4), ("b", 0, 4), ("c", 0, 2)]
-    assert plan(run_step(sched)) == [("a", 4, 1), ("b", 4, 1), ("c", 2, 2)]
+    assert plan(run_step(sched)) == [("a", 4, 1), ("b", 4, 1), ("c", 2, 4)]
 
 
 def test_max_num_seqs_caps_the_running_set():

@@ -15,7 +15,7 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
 - ``paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)``: one
   query token per sequence against its paged keys and values.
 - ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
-- ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 logits.
+- ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 or bfloat16 logits.
 - ``store_kv_(k_cache, v_cache, slots, k, v)``: a step's keys and values into their slots.
 - ``paged_prefill_attention(q, k_cache, v_cache, block_table, context_len, scale)``: causal
   attention of a prompt chunk against its sequence's paged keys and values (AMX only).
@@ -106,9 +106,10 @@ def amx_usable() -> bool:
 
 
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """``torch.argmax(x, dim=-1)`` for 2-D float32 CPU logits; our kernel once it is loaded
-    (by a bfloat16 model), torch's otherwise."""
-    if _loaded and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2:
+    """``torch.argmax(x, dim=-1)`` for 2-D float32 or bfloat16 CPU logits; our kernel once it
+    is loaded (by a bfloat16 model), torch's otherwise."""
+    kernel_dtype = x.dtype in (torch.float32, torch.bfloat16)
+    if _loaded and x.device.type == "cpu" and kernel_dtype and x.dim() == 2:
         return torch.ops.kakehashi.argmax_rows(x)
     return torch.argmax(x, dim=-1)
 

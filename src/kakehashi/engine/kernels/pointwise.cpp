@@ -4,6 +4,8 @@
 #include "bf16_vec.h"
 #include "ops.h"
 
+#include <type_traits>
+
 namespace {
 
 using namespace kakehashi::cpu;
@@ -151,25 +153,24 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 }
 
 // Index of each row's maximum, the first one on ties, as torch.argmax (rows of -inf give 0;
-// NaN is never picked). x (N, V) float32 with contiguous rows.
-at::Tensor argmax_rows(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2,
-              "x must be a 2-D float32 CPU tensor");
-  TORCH_CHECK(x.stride(1) == 1 && x.size(1) > 0, "x must have contiguous, non-empty rows");
-  const int64_t rows = x.size(0), width = x.size(1), stride = x.stride(0);
-  TORCH_CHECK(width < std::numeric_limits<int32_t>::max(), "rows too long");
-  at::Tensor out = at::empty({rows}, x.options().dtype(at::kLong));
-  const float* xp = x.const_data_ptr<float>();
-  int64_t* op = out.mutable_data_ptr<int64_t>();
+// NaN is never picked). x (N, V) float32 or bfloat16 with contiguous rows.
+template <typename T>
+void argmax_rows_of(const T* xp, int64_t rows, int64_t width, int64_t stride, int64_t* op) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t r = begin; r < end; ++r) {
-      const float* row = xp + r * stride;
+      const T* row = xp + r * stride;
       __m512 best = minus_inf;
       __m512i best_index = _mm512_set1_epi32(std::numeric_limits<int32_t>::max());
       for (int64_t i = 0; i < width; i += 16) {
-        const __m512 v = _mm512_mask_loadu_ps(minus_inf, tail_mask(width - i), row + i);
+        const __mmask16 valid = tail_mask(width - i);
+        __m512 v;
+        if constexpr (std::is_same_v<T, float>) {
+          v = _mm512_mask_loadu_ps(minus_inf, valid, row + i);
+        } else {
+          v = _mm512_mask_mov_ps(minus_inf, valid, load_bf16_as_float_masked(row + i, width - i));
+        }
         // Strictly greater: each lane keeps its first maximum.
         const __mmask16 better = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
         best = _mm512_mask_mov_ps(best, better, v);
@@ -185,6 +186,21 @@ at::Tensor argmax_rows(const at::Tensor& x) {
       op[r] = _mm512_mask_reduce_min_epi32(at_top, best_index);
     }
   });
+}
+
+at::Tensor argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "x must be a 2-D float32 or bfloat16 CPU tensor");
+  TORCH_CHECK(x.stride(1) == 1 && x.size(1) > 0, "x must have contiguous, non-empty rows");
+  const int64_t rows = x.size(0), width = x.size(1), stride = x.stride(0);
+  TORCH_CHECK(width < std::numeric_limits<int32_t>::max(), "rows too long");
+  at::Tensor out = at::empty({rows}, x.options().dtype(at::kLong));
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  if (x.scalar_type() == at::kFloat)
+    argmax_rows_of(x.const_data_ptr<float>(), rows, width, stride, op);
+  else
+    argmax_rows_of(data(x), rows, width, stride, op);
   return out;
 }
 

@@ -79,5 +79,9 @@ class CausalLM(Protocol):
         ...
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (N, hidden_size) → logits (N, vocab_size) in float32."""
+        """hidden (N, hidden_size) → logits (N, vocab_size), in the model's dtype.
+
+        Not widened to float32 here: greedy decoding takes the argmax of bfloat16 logits as
+        they are, and the sampler widens only the rows that need it.
+        """
         ...

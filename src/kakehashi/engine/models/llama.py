@@ -458,8 +458,8 @@ class LlamaForCausalLM(nn.Module):
         return self.norm(x) if pending is None else self.norm.add_and_norm(x, pending)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (N, H) → logits (N, V) in float32."""
-        return _linear(hidden, self.lm_head).float()
+        """hidden (N, H) → logits (N, V), in the model's dtype."""
+        return _linear(hidden, self.lm_head)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors into our (partly fused) parameters.
