@@ -58,6 +58,14 @@ class ModelShape:
         mlp = 3 * h * self.intermediate_size
         return self.num_layers * (attn + mlp) + self.vocab_size * h
 
+    def kv_bytes_per_token(self) -> int:
+        """bf16 keys and values one token of context holds in the cache, all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+
+    def attention_flops(self, context: float) -> float:
+        """FLOPs of one query token's attention over ``context`` tokens (QK^T and PV)."""
+        return 4 * self.num_layers * self.num_heads * self.head_dim * context
+
     def total_params(self) -> int:
         """Every parameter of the checkpoint (tied embeddings counted once)."""
         h = self.hidden_size

@@ -22,10 +22,6 @@ class Roofline:
     copy_gb_s: float  # bytes read + written by a large copy
     bf16_gflop_s: float  # best bf16 matmul
 
-    def decode_bound(self, weight_bytes: int) -> float:
-        """Bandwidth-bound tokens/s at batch 1."""
-        return self.read_gb_s * 1e9 / weight_bytes
-
     def compute_bound(self, matmul_params: int) -> float:
         """Compute-bound tokens/s (any batch large enough to saturate the matmuls)."""
         return self.bf16_gflop_s * 1e9 / (2 * matmul_params)
