@@ -26,6 +26,8 @@ import torch
 
 from _report import print_model_report
 from _shapes import SHAPES, ModelShape, describe, model_dir
+from _steal import CpuTimes, stolen_share
+from _steal import describe as describe_steal
 from _workload import THREADS, Workload, describe_failure
 from baselines import llamacpp, roofline
 
@@ -160,9 +162,12 @@ def main() -> None:
     out = RESULTS_DIR / f"engine-{time.strftime('%Y%m%dT%H%M%S')}.json"
     for name in names:
         shape = SHAPES[name]
+        before = CpuTimes.now()
         result = bench_model(shape, workload, args)
+        result["cpu_time_stolen"] = stolen_share(before, CpuTimes.now())
         report[name] = result
         print_model_report(shape, workload, limits, result)
+        print(describe_steal(result["cpu_time_stolen"]))
         for key, table in result.get("kakehashi", {}).items():
             if key.startswith("profile_"):
                 print(f"\nkakehashi decode profile, {key.removeprefix('profile_')}:\n{table}")

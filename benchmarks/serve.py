@@ -38,6 +38,8 @@ from _serve_engine import EngineRun, run_alone, start_engine, summarize
 from _serve_prompts import LOGIT_BIAS, PromptMaker
 from _serve_server import ServerOptions, running_server
 from _shapes import SHAPES, ModelShape, model_dir
+from _steal import CpuTimes, stolen_share
+from _steal import describe as describe_steal
 from _workload import THREADS
 from kakehashi.engine.async_engine import AsyncEngine
 from kakehashi.engine.params import SamplingParams
@@ -347,8 +349,11 @@ def main() -> None:
     report: dict[str, Any] = {"workload": asdict(workload), "load_average_at_start": load}
     for name in names:
         shape = SHAPES[name]
+        before = CpuTimes.now()
         result = bench_model(shape, workload)
+        result["cpu_time_stolen"] = stolen_share(before, CpuTimes.now())
         print_report(shape, result)
+        print(describe_steal(result["cpu_time_stolen"]))
         report[name] = result
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,26 @@ def test_top_logprobs_capped_at_twenty():
     logits = logits_rows(1)
     (entry,) = token_logprobs(logits, [0], [50])
     assert len(entry.top) == 20
+
+
+def test_bfloat16_logits_are_widened_only_where_a_row_needs_float32():
+    # The runner hands over the model's bfloat16 logits: greedy rows take their argmax as
+    # they are, a biased row is processed in float32, and logprobs are float32 log-softmax
+    # of the raw logits.
+    logits = torch.zeros(3, V, dtype=torch.bfloat16)
+    logits[:, 7] = 8.0
+    logits[:, 9] = 7.96875
+    # 7.96875 + 0.04 = 8.00875 beats 8 in float32; in bfloat16 it would round to 8.0, a tie
+    # that token 7 wins.
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0, logit_bias={9: 0.04}),
+        SamplingParams(temperature=0.0, logprobs=2),
+    ]
+    out = run(logits, params)
+    assert out.token_ids == [7, 9, 7]
+    assert out.logprobs[0] is None and out.logprobs[1] is None
+    raw = torch.log_softmax(logits.float(), -1)
+    assert math.isclose(out.logprobs[2].logprob, raw[2, 7].item(), rel_tol=1e-6)
+    assert [t for t, _ in out.logprobs[2].top] == [7, 9]
+    assert logits[1, 9].item() == 7.96875  # the bias was applied to a copy
