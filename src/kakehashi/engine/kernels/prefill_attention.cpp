@@ -48,22 +48,52 @@ inline const bf16* key_row(const bf16* cache, const int32_t* table, const Layout
   return cache + slot * l.token_stride + head * l.d;
 }
 
+// Transposes a 16 x 16 block of dwords held one row per register: dwords within 128-bit
+// lanes first (32-bit, then 64-bit unpacks), then the 128-bit lanes across registers.
+inline void transpose_16x16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int k = 0; k < 16; k += 2) {
+    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 16; k += 4) {  // u[k + m], lane L: column 4L + m of rows k..k + 3
+    u[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+    u[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+    u[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+    u[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44);
+    const __m512i v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
+    r[m] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    r[4 + m] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    r[8 + m] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    r[12 + m] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
 // Keys of one head in the B layout of Q.K^T: for key tile t and head-dim step s, 16 rows of
-// dword pairs [d pair p][key j] = (K[16t + j][32s + 2p], K[16t + j][32s + 2p + 1]).
+// dword pairs [d pair p][key j] = (K[16t + j][32s + 2p], K[16t + j][32s + 2p + 1]), i.e. the
+// tile's 16 key rows transposed as dwords, one 16 x 16 block per step.
 void pack_keys(const bf16* cache, const int32_t* table, const Layout& l, int64_t head,
                int64_t tile_begin, int64_t tile_end, uint32_t* out) {
   const int64_t steps = l.d / kDStep;
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     uint32_t* tile = out + t * steps * kRows * kRows;
+    const bf16* rows[kRows];
     for (int64_t j = 0; j < kRows; ++j) {
       const int64_t key = t * kRows + j;
-      if (key >= l.len) {
-        for (int64_t p = 0; p < l.d / 2; ++p) tile[p * kRows + j] = 0;
-        continue;
-      }
-      uint32_t pairs[128];  // d <= 256
-      std::memcpy(pairs, key_row(cache, table, l, head, key), l.d * sizeof(bf16));
-      for (int64_t p = 0; p < l.d / 2; ++p) tile[p * kRows + j] = pairs[p];
+      rows[j] = key < l.len ? key_row(cache, table, l, head, key) : nullptr;  // past the end: 0
+    }
+    for (int64_t step = 0; step < steps; ++step) {
+      __m512i block[kRows];
+      for (int64_t j = 0; j < kRows; ++j)
+        block[j] = rows[j] ? _mm512_loadu_si512(rows[j] + step * kDStep) : _mm512_setzero_si512();
+      transpose_16x16(block);
+      for (int64_t p = 0; p < kRows; ++p)
+        _mm512_storeu_si512(tile + (step * kRows + p) * kRows, block[p]);
     }
   }
 }
