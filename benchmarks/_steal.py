@@ -41,7 +41,7 @@ def stolen_share(start: CpuTimes | None, end: CpuTimes | None) -> float | None:
     return steal / (busy + steal) if busy + steal > 0 else 0.0
 
 
-def describe(share: float | None) -> str:
+def report_line(share: float | None) -> str:
     """One line for a report."""
     if share is None:
         return "CPU time stolen by the hypervisor: unknown (no /proc/stat)"

@@ -26,8 +26,7 @@ import torch
 
 from _report import print_model_report
 from _shapes import SHAPES, ModelShape, describe, model_dir
-from _steal import CpuTimes, stolen_share
-from _steal import describe as describe_steal
+from _steal import CpuTimes, report_line, stolen_share
 from _workload import THREADS, Workload, describe_failure
 from baselines import llamacpp, roofline
 
@@ -167,7 +166,7 @@ def main() -> None:
         result["cpu_time_stolen"] = stolen_share(before, CpuTimes.now())
         report[name] = result
         print_model_report(shape, workload, limits, result)
-        print(describe_steal(result["cpu_time_stolen"]))
+        print(report_line(result["cpu_time_stolen"]))
         for key, table in result.get("kakehashi", {}).items():
             if key.startswith("profile_"):
                 print(f"\nkakehashi decode profile, {key.removeprefix('profile_')}:\n{table}")

@@ -38,8 +38,7 @@ from _serve_engine import EngineRun, run_alone, start_engine, summarize
 from _serve_prompts import LOGIT_BIAS, PromptMaker
 from _serve_server import ServerOptions, running_server
 from _shapes import SHAPES, ModelShape, model_dir
-from _steal import CpuTimes, stolen_share
-from _steal import describe as describe_steal
+from _steal import CpuTimes, report_line, stolen_share
 from _workload import THREADS
 from kakehashi.engine.async_engine import AsyncEngine
 from kakehashi.engine.params import SamplingParams
@@ -353,7 +352,7 @@ def main() -> None:
         result = bench_model(shape, workload)
         result["cpu_time_stolen"] = stolen_share(before, CpuTimes.now())
         print_report(shape, result)
-        print(describe_steal(result["cpu_time_stolen"]))
+        print(report_line(result["cpu_time_stolen"]))
         report[name] = result
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
