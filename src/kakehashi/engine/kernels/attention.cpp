@@ -30,38 +30,6 @@ std::pair<float, float> exp_scores(float* s, int64_t len) {
   return {max_value, _mm512_reduce_add_ps(total)};
 }
 
-constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
-constexpr int64_t kMinChunkTokens = 256;  // context tokens below which a task is not split
-
-// dst[g] = sum_t p[g][t] * value_t (float32) for the `group` query heads of one kv head: each value row
-// is widened once and used by up to Groups heads at a time, whose accumulators (Groups x Vecs
-// vectors) stay in registers. `vecs` (<= Vecs) is the head dim / 16 when Vecs is only a bound.
-template <int64_t Vecs, int64_t Groups>
-void weighted_values(const float* p, int64_t len, int64_t group, const bf16* values,
-                     const int64_t* offsets, float* dst, int64_t vecs = Vecs) {
-  const int64_t d = vecs * 16;
-  for (int64_t g0 = 0; g0 < group; g0 += Groups) {
-    const int64_t count = std::min(Groups, group - g0);
-    __m512 acc[Groups][Vecs];
-    for (int64_t g = 0; g < Groups; ++g)
-      for (int64_t v = 0; v < Vecs; ++v) acc[g][v] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < len; ++t) {
-      const bf16* row = values + offsets[t];
-      __m512 widened[Vecs];
-      for (int64_t v = 0; v < Vecs; ++v)
-        if (v < vecs) widened[v] = load_bf16_as_float(row + v * 16);
-      for (int64_t g = 0; g < Groups; ++g) {
-        if (g >= count) break;
-        const __m512 weight = _mm512_set1_ps(p[(g0 + g) * len + t]);
-        for (int64_t v = 0; v < Vecs; ++v)
-          if (v < vecs) acc[g][v] = _mm512_fmadd_ps(weight, widened[v], acc[g][v]);
-      }
-    }
-    for (int64_t g = 0; g < count; ++g)
-      for (int64_t v = 0; v < vecs; ++v) _mm512_storeu_ps(dst + (g0 + g) * d + v * 16, acc[g][v]);
-  }
-}
-
 // The 16 horizontal sums of p[0..16), as one vector (lane j = sum of p[j]): a transpose-and-add
 // tree, about three instructions per sum instead of a full reduction each.
 inline __m512 sum16(const __m512 p[16]) {
@@ -79,6 +47,118 @@ inline __m512 sum16(const __m512 p[16]) {
                             _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
   return _mm512_add_ps(_mm512_shuffle_f32x4(octs[0], octs[1], 0x88),
                        _mm512_shuffle_f32x4(octs[0], octs[1], 0xDD));
+}
+
+constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
+constexpr int64_t kMinChunkTokens = 256;  // context tokens below which a task is not split
+// Context tokens ahead of the scores loop whose key rows are prefetched: 1.4-2x faster at
+// batch 32, where every (sequence, kv head) reads a few short strided runs of rows.
+constexpr int64_t kKeysAhead = 64;
+
+// Prefetches the head rows of context tokens [t0, t1): row t starts at base + offsets[t].
+inline void prefetch_rows(const bf16* base, const int64_t* offsets, int64_t t0, int64_t t1,
+                          int64_t row_bytes) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const char* p = reinterpret_cast<const char*>(base + offsets[t]);
+    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+  }
+}
+
+// What one work item (a sequence's kv head, or a chunk of its context) reads and writes.
+struct Item {
+  const bf16* query;         // `group` query heads of d values, contiguous
+  const bf16* keys;          // the kv head's key row of context token t: keys + offsets[t]
+  const bf16* values;        // likewise for values
+  const int64_t* offsets;
+  int64_t len;               // context tokens
+  int64_t group;             // query heads sharing the kv head
+  float* scores;             // group x len
+};
+
+// scores[g][t] = scale * q_g . k_t for the item's context, 16 tokens at a time. Vecs is the
+// head dim / 16 when known at compile time, 0 to take it from `vecs`.
+template <int64_t Vecs>
+void key_scores(const Item& it, float scale, int64_t vecs) {
+  const int64_t d = (Vecs ? Vecs : vecs) * 16;
+  const int64_t row_bytes = d * 2;
+  prefetch_rows(it.keys, it.offsets, 0, std::min(it.len, kKeysAhead), row_bytes);
+  for (int64_t t0 = 0; t0 < it.len; t0 += 16) {
+    const int64_t n = std::min<int64_t>(16, it.len - t0);
+    prefetch_rows(it.keys, it.offsets, std::min(it.len, t0 + kKeysAhead),
+                  std::min(it.len, t0 + kKeysAhead + 16), row_bytes);
+    // The values follow the scores: fetched now, they are in cache when weighed.
+    prefetch_rows(it.values, it.offsets, t0, t0 + n, row_bytes);
+    // Past the item's end, recompute its last key: the result lanes are not stored.
+    int64_t rows[16];
+    for (int64_t j = 0; j < 16; ++j) rows[j] = it.offsets[t0 + std::min(j, n - 1)];
+    const __mmask16 mask = tail_mask(n);
+    for (int64_t g = 0; g < it.group; ++g) {
+      const bf16* qg = it.query + g * d;
+      __m512 part[16];
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < 16; ++j) {
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d; c += kLanes)
+          dot = _mm512_dpbf16_ps(dot, load_bf16(it.keys + rows[j] + c, d - c), load_bf16(qg + c, d - c));
+        part[j] = dot;
+      }
+      _mm512_mask_storeu_ps(it.scores + g * it.len + t0, mask,
+                            _mm512_mul_ps(sum16(part), _mm512_set1_ps(scale)));
+    }
+  }
+}
+
+// dst[g] = sum_t p[g][t] * value_t (float32) for G query heads at once: each value row is
+// widened once and its G x Vecs accumulators stay in registers.
+template <int64_t Vecs, int64_t G>
+void weighted_values_exact(const Item& it, int64_t g0, float* dst) {
+  constexpr int64_t d = Vecs * 16;
+  __m512 acc[G][Vecs];
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t v = 0; v < Vecs; ++v) acc[g][v] = _mm512_setzero_ps();
+  const float* p = it.scores + g0 * it.len;
+  for (int64_t t = 0; t < it.len; ++t) {
+    const bf16* row = it.values + it.offsets[t];
+    __m512 widened[Vecs];
+    for (int64_t v = 0; v < Vecs; ++v) widened[v] = load_bf16_as_float(row + v * 16);
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512 weight = _mm512_set1_ps(p[g * it.len + t]);
+      for (int64_t v = 0; v < Vecs; ++v) acc[g][v] = _mm512_fmadd_ps(weight, widened[v], acc[g][v]);
+    }
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t v = 0; v < Vecs; ++v) _mm512_storeu_ps(dst + (g0 + g) * d + v * 16, acc[g][v]);
+}
+
+// All `group` heads, in register blocks of up to kBlock heads.
+template <int64_t Vecs>
+void weighted_values(const Item& it, float* dst) {
+  constexpr int64_t kBlock = Vecs <= 4 ? 4 : 2;
+  int64_t g0 = 0;
+  for (; g0 + kBlock <= it.group; g0 += kBlock) weighted_values_exact<Vecs, kBlock>(it, g0, dst);
+  switch (it.group - g0) {
+    case 3: if constexpr (kBlock > 3) weighted_values_exact<Vecs, 3>(it, g0, dst); break;
+    case 2: if constexpr (kBlock > 2) weighted_values_exact<Vecs, 2>(it, g0, dst); break;
+    case 1: weighted_values_exact<Vecs, 1>(it, g0, dst); break;
+    default: break;
+  }
+}
+
+// Any head dim (a multiple of 16 up to 256), one query head at a time.
+void weighted_values_any(const Item& it, int64_t vecs, float* dst) {
+  const int64_t d = vecs * 16;
+  for (int64_t g = 0; g < it.group; ++g) {
+    __m512 acc[kMaxHeadVecs];
+    for (int64_t v = 0; v < kMaxHeadVecs; ++v) acc[v] = _mm512_setzero_ps();
+    const float* p = it.scores + g * it.len;
+    for (int64_t t = 0; t < it.len; ++t) {
+      const bf16* row = it.values + it.offsets[t];
+      const __m512 weight = _mm512_set1_ps(p[t]);
+      for (int64_t v = 0; v < kMaxHeadVecs; ++v)
+        if (v < vecs) acc[v] = _mm512_fmadd_ps(weight, load_bf16_as_float(row + v * 16), acc[v]);
+    }
+    for (int64_t v = 0; v < vecs; ++v) _mm512_storeu_ps(dst + g * d + v * 16, acc[v]);
+  }
 }
 
 }  // namespace
@@ -173,36 +253,19 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         query = packed_query.data();
       }
       scores.resize(group * len);
-      for (int64_t t0 = 0; t0 < len; t0 += 16) {
-        const int64_t n = std::min<int64_t>(16, len - t0);
-        const bf16* keys[16];
-        // Past the chunk's end, recompute its last key: the result lanes are not stored.
-        for (int64_t j = 0; j < 16; ++j) keys[j] = kp + offsets[t0 + std::min(j, n - 1)] + h * d;
-        const __mmask16 mask = tail_mask(n);
-        for (int64_t g = 0; g < group; ++g) {
-          const bf16* qg = query + g * d;
-          __m512 part[16];
-#pragma GCC unroll 16
-          for (int64_t j = 0; j < 16; ++j) {
-            __m512 dot = _mm512_setzero_ps();
-            for (int64_t c = 0; c < d; c += kLanes)
-              dot = _mm512_dpbf16_ps(dot, load_bf16(keys[j] + c, d - c), load_bf16(qg + c, d - c));
-            part[j] = dot;
-          }
-          _mm512_mask_storeu_ps(&scores[g * len + t0], mask,
-                                _mm512_mul_ps(sum16(part), _mm512_set1_ps(static_cast<float>(scale))));
-        }
+      const Item it{query, kp + h * d, vp + h * d, offsets.data(), len, group, scores.data()};
+      const float fscale = static_cast<float>(scale);
+      switch (vecs) {
+        case 4: key_scores<4>(it, fscale, vecs); break;
+        case 8: key_scores<8>(it, fscale, vecs); break;
+        default: key_scores<0>(it, fscale, vecs);
       }
       for (int64_t g = 0; g < group; ++g)
         std::tie(out_max[g], out_sum[g]) = exp_scores(&scores[g * len], len);
-      const bf16* values = vp + h * d;
       switch (vecs) {
-        case 1: weighted_values<1, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
-        case 2: weighted_values<2, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
-        case 4: weighted_values<4, 4>(scores.data(), len, group, values, offsets.data(), out_acc); break;
-        case 8: weighted_values<8, 2>(scores.data(), len, group, values, offsets.data(), out_acc); break;
-        default:
-          weighted_values<kMaxHeadVecs, 1>(scores.data(), len, group, values, offsets.data(), out_acc, vecs);
+        case 4: weighted_values<4>(it, out_acc); break;
+        case 8: weighted_values<8>(it, out_acc); break;
+        default: weighted_values_any(it, vecs, out_acc);
       }
       if (chunks == 1) {  // the whole context: normalize and write the output right here
         for (int64_t g = 0; g < group; ++g) {
