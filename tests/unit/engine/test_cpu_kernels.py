@@ -523,17 +523,23 @@ def test_paged_prefill_attention_matches_causal_softmax_attention(
 
 
 @amx_only
-def test_prefill_attention_gives_a_query_the_same_bits_with_or_without_its_prefix_cached():
+@pytest.mark.parametrize(("q_heads", "kv_heads", "context"), [(6, 2, 150), (9, 3, 300)])
+def test_prefill_attention_gives_a_query_the_same_bits_with_or_without_its_prefix_cached(
+    q_heads, kv_heads, context
+):
     # Prefix reuse must not change greedy output: a token's attention is computed the same
     # way whether the tokens before it were prefilled in this call or in an earlier one.
+    # Each split puts a token in a different tile of rows, next to tokens that see less of
+    # the context (the kernel's masked path) or all of it (its unmasked path).
     k_cache, v_cache, _, tables = _paged_cache(
-        [150], block_size=16, kv_heads=2, head_dim=64, seed=42
+        [context], block_size=16, kv_heads=kv_heads, head_dim=64, seed=42
     )
-    q = _rand(150, 6, 64, seed=43)
+    q = _rand(context, q_heads, 64, seed=43)
     table = torch.tensor(tables[0], dtype=torch.int32)
-    whole = ops.paged_prefill_attention(q, k_cache, v_cache, table, 150, 0.125)
-    tail = ops.paged_prefill_attention(q[130:], k_cache, v_cache, table, 150, 0.125)
-    assert torch.equal(whole[130:], tail)
+    whole = ops.paged_prefill_attention(q, k_cache, v_cache, table, context, 0.125)
+    for start in range(1, context, 11):
+        tail = ops.paged_prefill_attention(q[start:], k_cache, v_cache, table, context, 0.125)
+        assert torch.equal(whole[start:], tail), f"tokens from {start} on differ"
 
 
 @amx_only

@@ -30,25 +30,6 @@ std::pair<float, float> exp_scores(float* s, int64_t len) {
   return {max_value, _mm512_reduce_add_ps(total)};
 }
 
-// The 16 horizontal sums of p[0..16), as one vector (lane j = sum of p[j]): a transpose-and-add
-// tree, about three instructions per sum instead of a full reduction each.
-inline __m512 sum16(const __m512 p[16]) {
-  __m512 pairs[8], quads[4], octs[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(p[2 * i], p[2 * i + 1]),
-                             _mm512_unpackhi_ps(p[2 * i], p[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: [a, b, c, d] partial sums
-    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
-    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  for (int i = 0; i < 2; ++i)  // lanes: [abcd from lanes 0+1, abcd 2+3, efgh 0+1, efgh 2+3]
-    octs[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
-                            _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(octs[0], octs[1], 0x88),
-                       _mm512_shuffle_f32x4(octs[0], octs[1], 0xDD));
-}
-
 constexpr int64_t kMaxHeadVecs = 16;  // head dims up to 256
 constexpr int64_t kMinChunkTokens = 256;  // context tokens below which a task is not split
 // Context tokens ahead of the scores loop whose key rows are prefetched: 1.4-2x faster at
@@ -103,7 +84,7 @@ void key_scores(const Item& it, float scale, int64_t vecs) {
         part[j] = dot;
       }
       _mm512_mask_storeu_ps(it.scores + g * it.len + t0, mask,
-                            _mm512_mul_ps(sum16(part), _mm512_set1_ps(scale)));
+                            _mm512_mul_ps(reduce_rows16(part, AddLanes{}), _mm512_set1_ps(scale)));
     }
   }
 }

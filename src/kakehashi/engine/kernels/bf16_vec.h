@@ -120,4 +120,29 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// Lane-wise operations for reduce_rows16.
+struct AddLanes {
+  __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
+};
+struct MaxLanes {
+  __m512 operator()(__m512 a, __m512 b) const { return _mm512_max_ps(a, b); }
+};
+
+// Lane r of the result = op over the 16 lanes of v[r] (AddLanes: sums, MaxLanes: maxima): a
+// transpose-and-combine tree, about two instructions per row instead of a reduction each.
+template <typename Op>
+inline __m512 reduce_rows16(const __m512 v[16], Op op) {
+  __m512 pairs[8], quads[4], octs[2];
+  for (int i = 0; i < 8; ++i)
+    pairs[i] = op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    octs[i] = op(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                 _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xDD));
+  return op(_mm512_shuffle_f32x4(octs[0], octs[1], 0x88), _mm512_shuffle_f32x4(octs[0], octs[1], 0xDD));
+}
+
 }  // namespace kakehashi::cpu

@@ -1,6 +1,6 @@
 // Causal attention of a prompt chunk against its sequence's paged keys and values, on AMX:
 // the prefill counterpart of paged_decode_attention (flash-attention style: an online softmax
-// over chunks of 64 keys, nothing of size queries x keys ever stored).
+// over chunks of 128 keys, nothing of size queries x keys ever stored).
 //
 // Grouped-query attention is folded into the rows: for kv head h, row r is query token r / g
 // with query head h * g + r % g (g query heads per kv head), so the keys and values of h are
@@ -19,7 +19,7 @@ namespace {
 using namespace kakehashi::cpu;
 
 constexpr int64_t kRows = 16;   // rows of a tile: query rows, or keys of a key tile
-constexpr int64_t kChunk = 64;  // keys per online-softmax step: four 16-key score tiles
+constexpr int64_t kChunk = 128;  // keys per online-softmax step: eight 16-key score tiles
 constexpr int64_t kDStep = 32;  // head dims one TDPBF16PS consumes (Q.K^T)
 constexpr int64_t kKeyStep = 32;  // keys one TDPBF16PS consumes (P.V)
 constexpr int64_t kCols = 16;   // output columns of an accumulator tile
@@ -130,31 +130,35 @@ struct RowState {
   std::vector<float> out;
 };
 
-// Scores of 16 rows against the 64 keys of chunk `c`, into s (16 x 64 float32).
+// Scores of 16 rows against the kChunk keys of chunk `c`, into s (16 x kChunk float32), four
+// 16-key tiles at a time.
 void chunk_scores(const bf16* q_rows, int64_t d, const uint32_t* keys, int64_t c, float* s) {
   const int64_t steps = d / kDStep;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
   const int64_t tile_elems = kRows * kRows;  // dwords per packed key tile and step
-  const uint32_t* base = keys + (c * kChunk / kRows) * steps * tile_elems;
-  for (int64_t st = 0; st < steps; ++st) {
-    _tile_loadd(4, q_rows + st * kDStep, d * sizeof(bf16));
-    _tile_loadd(5, base + (0 * steps + st) * tile_elems, 64);
-    _tile_dpbf16ps(0, 4, 5);
-    _tile_loadd(6, base + (1 * steps + st) * tile_elems, 64);
-    _tile_dpbf16ps(1, 4, 6);
-    _tile_loadd(5, base + (2 * steps + st) * tile_elems, 64);
-    _tile_dpbf16ps(2, 4, 5);
-    _tile_loadd(6, base + (3 * steps + st) * tile_elems, 64);
-    _tile_dpbf16ps(3, 4, 6);
-  }
   constexpr int kStride = kChunk * sizeof(float);
-  _tile_stored(0, s, kStride);
-  _tile_stored(1, s + 16, kStride);
-  _tile_stored(2, s + 32, kStride);
-  _tile_stored(3, s + 48, kStride);
+  for (int64_t part = 0; part < kChunk / 64; ++part) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const uint32_t* base = keys + (c * kChunk / kRows + part * 4) * steps * tile_elems;
+    for (int64_t st = 0; st < steps; ++st) {
+      _tile_loadd(4, q_rows + st * kDStep, d * sizeof(bf16));
+      _tile_loadd(5, base + (0 * steps + st) * tile_elems, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(6, base + (1 * steps + st) * tile_elems, 64);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(5, base + (2 * steps + st) * tile_elems, 64);
+      _tile_dpbf16ps(2, 4, 5);
+      _tile_loadd(6, base + (3 * steps + st) * tile_elems, 64);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+    float* out = s + part * 64;
+    _tile_stored(0, out, kStride);
+    _tile_stored(1, out + 16, kStride);
+    _tile_stored(2, out + 32, kStride);
+    _tile_stored(3, out + 48, kStride);
+  }
 }
 
 // exp(x) for x <= 0, accurate to about 1e-4 (relative): enough for probabilities that are
@@ -174,63 +178,78 @@ inline __m512 exp_for_bf16(__m512 x) {
 
 // Online softmax step over the raw scores of chunk `c` (row r may see keys up to limit[r]):
 // updates each row's max and sum, rescales its output, and writes the probabilities
-// softmax(scale * s) as bfloat16 (16 x 64, the A operand of P.V).
+// softmax(scale * s) as bfloat16 (16 x kChunk, the A operand of P.V). Masked = false is for
+// a chunk every row sees whole. A row's arithmetic is the same either way, so a token gets
+// the same bits whichever rows share its tile (prefix reuse must not change greedy output);
+// each row's maximum and sum come out of one 16-row reduction.
+template <bool Masked>
 void chunk_softmax(const float* s, int64_t c, const int64_t* limit, float scale, int64_t d,
                    RowState& st, bf16* p) {
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-  __m512i key[4];  // key offsets within the chunk, per 16-lane group
-  for (int g = 0; g < 4; ++g)
-    key[g] = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) +
-             _mm512_set1_epi32(g * 16);
-  __mmask16 visible[kRows][4];
-  alignas(64) float chunk_max[kRows];
+  constexpr int kGroups = kChunk / 16;
+  __mmask16 visible[kRows][kGroups];
+  __m512 part[kRows];
   for (int64_t r = 0; r < kRows; ++r) {  // the largest visible score of each row
     const float* row = s + r * kChunk;
-    const __m512i lim = _mm512_set1_epi32(static_cast<int32_t>(
-        std::clamp<int64_t>(limit[r] - c * kChunk, -1, kChunk)));
-    __m512 top = _mm512_set1_ps(kMinusInf);
-    for (int g = 0; g < 4; ++g) {
-      visible[r][g] = _mm512_cmple_epi32_mask(key[g], lim);
-      top = _mm512_mask_max_ps(top, visible[r][g], top, _mm512_loadu_ps(row + g * 16));
+    if constexpr (Masked) {
+      const __m512i lim = _mm512_set1_epi32(static_cast<int32_t>(
+          std::clamp<int64_t>(limit[r] - c * kChunk, -1, kChunk)));
+      const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      for (int g = 0; g < kGroups; ++g)
+        visible[r][g] = _mm512_cmple_epi32_mask(_mm512_add_epi32(lanes, _mm512_set1_epi32(g * 16)), lim);
     }
-    chunk_max[r] = _mm512_reduce_max_ps(top) * scale;  // scale > 0 keeps the maximum
+    __m512 top = _mm512_set1_ps(kMinusInf);
+    for (int g = 0; g < kGroups; ++g)
+      top = Masked ? _mm512_mask_max_ps(top, visible[r][g], top, _mm512_loadu_ps(row + g * 16))
+                   : _mm512_max_ps(top, _mm512_loadu_ps(row + g * 16));
+    part[r] = top;
   }
   // All rows at once: the new maxima and the factor each row's earlier terms shrink by
-  // (1 where the chunk adds nothing new; 0 where there were no earlier terms).
-  const __m512 old_max = _mm512_loadu_ps(st.max);
-  const __m512 new_max = _mm512_max_ps(old_max, _mm512_load_ps(chunk_max));
-  const __mmask16 had_terms = _mm512_cmp_ps_mask(old_max, _mm512_set1_ps(kMinusInf), _CMP_NEQ_OQ);
-  alignas(64) float rescale[kRows];
-  _mm512_store_ps(rescale,
-                  _mm512_maskz_mov_ps(had_terms, exp_nonpositive(_mm512_sub_ps(old_max, new_max))));
-  _mm512_storeu_ps(st.max, new_max);
+  // (1 where the chunk adds nothing new; 0 where there were no earlier terms). scale > 0
+  // keeps the maximum.
   const __m512 scale_v = _mm512_set1_ps(scale);
+  const __m512 chunk_max = _mm512_mul_ps(reduce_rows16(part, MaxLanes{}), scale_v);
+  const __m512 old_max = _mm512_loadu_ps(st.max);
+  const __m512 new_max = _mm512_max_ps(old_max, chunk_max);
+  const __mmask16 had_terms = _mm512_cmp_ps_mask(old_max, _mm512_set1_ps(kMinusInf), _CMP_NEQ_OQ);
+  const __m512 rescale =
+      _mm512_maskz_mov_ps(had_terms, exp_nonpositive(_mm512_sub_ps(old_max, new_max)));
+  const __mmask16 seen = _mm512_cmp_ps_mask(chunk_max, _mm512_set1_ps(kMinusInf), _CMP_NEQ_OQ);
+  _mm512_storeu_ps(st.max, new_max);
   for (int64_t r = 0; r < kRows; ++r) {
     bf16* p_row = p + r * kChunk;
-    if (chunk_max[r] == kMinusInf) {  // no visible key here
+    part[r] = _mm512_setzero_ps();
+    if (Masked && !((seen >> r) & 1)) {  // no visible key here
       std::memset(p_row, 0, kChunk * sizeof(bf16));
       continue;
     }
     const float* row = s + r * kChunk;
     const __m512 shift = _mm512_set1_ps(st.max[r]);
     __m512 total = _mm512_setzero_ps();
-    for (int g = 0; g < 4; ++g) {
+    for (int g = 0; g < kGroups; ++g) {
       const __m512 x = _mm512_fmsub_ps(_mm512_loadu_ps(row + g * 16), scale_v, shift);
+      __m512 e = exp_for_bf16(x);
+      if constexpr (Masked) e = _mm512_maskz_mov_ps(visible[r][g], e);
       // The sum takes the probabilities as P.V will see them, rounded to bfloat16.
-      const __m512 e = round_bf16(_mm512_maskz_mov_ps(visible[r][g], exp_for_bf16(x)));
-      total = _mm512_add_ps(total, e);
-      store_as_bf16(p_row + g * 16, e);
+      const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_row + g * 16), rounded);
+      total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
     }
-    st.sum[r] = st.sum[r] * rescale[r] + _mm512_reduce_add_ps(total);
-    if (rescale[r] != 1.0f) {
-      float* o = st.out.data() + r * d;
-      const __m512 f = _mm512_set1_ps(rescale[r]);
-      for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), f));
-    }
+    part[r] = total;
+  }
+  const __m512 sums = reduce_rows16(part, AddLanes{});
+  _mm512_storeu_ps(st.sum, _mm512_fmadd_ps(_mm512_loadu_ps(st.sum), rescale, sums));
+  alignas(64) float factor[kRows];
+  _mm512_store_ps(factor, rescale);
+  for (__mmask16 shrink = _mm512_cmp_ps_mask(rescale, _mm512_set1_ps(1.0f), _CMP_NEQ_OQ); shrink;
+       shrink &= shrink - 1) {
+    float* o = st.out.data() + __builtin_ctz(shrink) * d;
+    const __m512 f = _mm512_set1_ps(factor[__builtin_ctz(shrink)]);
+    for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), f));
   }
 }
 
-// out += P (16 x 64) . V (the chunk's 64 keys x d), four column slices at a time.
+// out += P (16 x kChunk) . V (the chunk's keys x d), four column slices at a time.
 void chunk_values(const bf16* p, const bf16* values, int64_t c, int64_t d, float* scratch,
                   float* out) {
   const int64_t slices = d / kCols;
@@ -338,6 +357,8 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
       const int64_t head = task / row_tiles, r0 = (task % row_tiles) * kRows;
       const int64_t valid = std::min(kRows, rows - r0);
       int64_t last_pos = 0;
+      // Keys every row of the tile sees (padding rows see the same; their output is dropped).
+      int64_t first_visible_all = std::numeric_limits<int64_t>::max();
       for (int64_t r = 0; r < kRows; ++r) {
         bf16* dst = q_rows.data() + r * d;
         if (r >= valid) {
@@ -349,6 +370,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
         std::memcpy(dst, qp + token * q.stride(0) + qh * q.stride(1), d * sizeof(bf16));
         limit[r] = first_pos + token;
         last_pos = std::max(last_pos, limit[r]);
+        first_visible_all = std::min(first_visible_all, limit[r]);
       }
       std::fill(st.max, st.max + kRows, -std::numeric_limits<float>::infinity());
       std::fill(st.sum, st.sum + kRows, 0.0f);
@@ -357,7 +379,10 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
       const bf16* head_values = values.data() + head * head_elems;
       for (int64_t c = 0; c * kChunk <= last_pos; ++c) {
         chunk_scores(q_rows.data(), d, head_keys, c, s);
-        chunk_softmax(s, c, limit, static_cast<float>(scale), d, st, p);
+        if (c * kChunk + kChunk - 1 <= first_visible_all)
+          chunk_softmax<false>(s, c, limit, static_cast<float>(scale), d, st, p);
+        else
+          chunk_softmax<true>(s, c, limit, static_cast<float>(scale), d, st, p);
         chunk_values(p, head_values, c, d, scratch, st.out.data());
       }
       for (int64_t r = 0; r < valid; ++r) {
