@@ -543,6 +543,21 @@ def test_prefill_attention_gives_a_query_the_same_bits_with_or_without_its_prefi
 
 
 @amx_only
+def test_prefill_attention_after_a_context_too_long_to_keep_its_packing_buffers():
+    # The kernel keeps its packed keys and values between calls up to 16 MiB; this context
+    # (8 kv heads of 128, 8,300 tokens) needs more, so the buffers are given back after it.
+    for context, new in [(8300, 3), (40, 40)]:
+        k_cache, v_cache, _, tables = _paged_cache(
+            [context], block_size=16, kv_heads=8, head_dim=128, seed=46
+        )
+        q = _rand(new, 8, 128, seed=47)
+        table = torch.tensor(tables[0], dtype=torch.int32)
+        got = ops.paged_prefill_attention(q, k_cache, v_cache, table, context, 128**-0.5)
+        want = _reference_prefill(q, k_cache, v_cache, tables[0], context, 16)
+        _assert_bf16_close(got, want)
+
+
+@amx_only
 def test_paged_prefill_attention_rejects_bad_arguments():
     k_cache, v_cache, _, tables = _paged_cache(
         [40], block_size=16, kv_heads=1, head_dim=64, seed=44
