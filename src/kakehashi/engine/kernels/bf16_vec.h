@@ -47,10 +47,14 @@ inline __m512bh load_bf16(const bf16* p, int64_t count) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
 
+// 16 bfloat16 values (held in a 256-bit register) widened to float32, exactly.
+inline __m512 widen_bf16(__m256i raw) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
 // 16 bfloat16 values widened to float32.
 inline __m512 load_bf16_as_float(const bf16* p) {
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 // 16 float32 values rounded to bfloat16 (nearest even, as torch rounds), stored at p.
@@ -61,8 +65,7 @@ inline void store_as_bf16(bf16* p, __m512 v) {
 // Values already representable in bfloat16: round-tripping is what torch's bf16 ops do
 // between two steps of one formula.
 inline __m512 round_bf16(__m512 v) {
-  const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(v);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16));
+  return widen_bf16((__m256i)_mm512_cvtneps_pbh(v));
 }
 
 inline __mmask16 tail_mask(int64_t left) {
@@ -71,8 +74,7 @@ inline __mmask16 tail_mask(int64_t left) {
 
 // Up to 16 bfloat16 values widened to float32; lanes past `left` are zero.
 inline __m512 load_bf16_as_float_masked(const bf16* p, int64_t left) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(tail_mask(left), p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return widen_bf16(_mm256_maskz_loadu_epi16(tail_mask(left), p));
 }
 
 inline void store_as_bf16_masked(bf16* p, __m512 v, int64_t left) {

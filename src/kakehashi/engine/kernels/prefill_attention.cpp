@@ -236,7 +236,7 @@ void chunk_softmax(const float* s, int64_t c, const int64_t* limit, float scale,
       // The sum takes the probabilities as P.V will see them, rounded to bfloat16.
       const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_row + g * 16), rounded);
-      total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+      total = _mm512_add_ps(total, widen_bf16(rounded));
     }
     part[r] = total;
   }
@@ -246,8 +246,9 @@ void chunk_softmax(const float* s, int64_t c, const int64_t* limit, float scale,
   _mm512_store_ps(factor, rescale);
   for (__mmask16 shrink = _mm512_cmp_ps_mask(rescale, _mm512_set1_ps(1.0f), _CMP_NEQ_OQ); shrink;
        shrink &= shrink - 1) {
-    float* o = st.out.data() + __builtin_ctz(shrink) * d;
-    const __m512 f = _mm512_set1_ps(factor[__builtin_ctz(shrink)]);
+    const int r = __builtin_ctz(shrink);
+    float* o = st.out.data() + r * d;
+    const __m512 f = _mm512_set1_ps(factor[r]);
     for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), f));
   }
 }
