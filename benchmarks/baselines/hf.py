@@ -19,11 +19,11 @@ from transformers.utils import logging as hf_logging
 
 from _workload import (
     CHECK_SEED,
-    DECODE_SEED,
     PREFILL_SEED,
     THREADS,
     WARMUP_SEED,
     Workload,
+    decode_batches,
     median,
     parse_child_args,
     peak_rss_mb,
@@ -80,12 +80,13 @@ def measure(model_dir: Path, workload: Workload) -> dict[str, Any]:
         prefill.append(len(p) / seconds)
     result["prefill_tok_s"] = median(prefill)
     for batch_size in workload.batch_sizes:
-        batch = prompts(
-            DECODE_SEED * 1000 + batch_size, batch_size, workload.decode_prompt_tokens, vocab
-        )
-        prefill_s, decode_s = _generate(model, batch, workload.decode_tokens + 1)
-        result[f"decode_b{batch_size}_tok_s"] = batch_size * workload.decode_tokens / decode_s
-        result[f"prefill_b{batch_size}_tok_s"] = sum(map(len, batch)) / prefill_s
+        decode, prefill_b = [], []
+        for batch in decode_batches(workload, batch_size, vocab):
+            prefill_s, decode_s = _generate(model, batch, workload.decode_tokens + 1)
+            decode.append(batch_size * workload.decode_tokens / decode_s)
+            prefill_b.append(sum(map(len, batch)) / prefill_s)
+        result[f"decode_b{batch_size}_tok_s"] = max(decode)
+        result[f"prefill_b{batch_size}_tok_s"] = max(prefill_b)
     result["rss_peak_mb"] = peak_rss_mb()
     return result
 
