@@ -41,7 +41,7 @@ inline void prefetch_rows(const bf16* base, const int64_t* offsets, int64_t t0, 
                           int64_t row_bytes) {
   for (int64_t t = t0; t < t1; ++t) {
     const char* p = reinterpret_cast<const char*>(base + offsets[t]);
-    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    for (int64_t b = 0; b < row_bytes; b += 64) prefetch_l1(p + b);
   }
 }
 
@@ -319,8 +319,8 @@ void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::T
   // step; PREFETCHW measured the same).
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t byte = 0; byte < row * 2; byte += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(kc + sp[t] * row) + byte, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(vc + sp[t] * row) + byte, _MM_HINT_T0);
+      prefetch_l1(reinterpret_cast<const char*>(kc + sp[t] * row) + byte);
+      prefetch_l1(reinterpret_cast<const char*>(vc + sp[t] * row) + byte);
     }
   for (int64_t t = 0; t < tokens; ++t) {
     std::memcpy(kc + sp[t] * row, kp + t * k.stride(0), row * sizeof(bf16));

@@ -24,7 +24,7 @@ inline void dot_block(const bf16* w, const bf16* x, int64_t k_size, int64_t x_st
     const int64_t left = k_size - k;
     // Prefetching from past the end of the weight is harmless: prefetches never fault.
     const char* ahead = reinterpret_cast<const char*>(w + kPrefetchRows * k_size + k);
-    for (int64_t r = 0; r < Rows; ++r) _mm_prefetch(ahead + r * k_size * 2, _MM_HINT_T0);
+    for (int64_t r = 0; r < Rows; ++r) prefetch_l1(ahead + r * k_size * 2);
     __m512bh wv[Rows];
     for (int64_t r = 0; r < Rows; ++r) wv[r] = load_bf16(w + r * k_size + k, left);
     for (int64_t t = 0; t < Tokens; ++t) {
