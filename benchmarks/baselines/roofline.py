@@ -22,6 +22,15 @@ class Roofline:
     copy_gb_s: float  # bytes read + written by a large copy
     bf16_gflop_s: float  # best bf16 matmul
 
+    def best_of(self, other: Roofline) -> Roofline:
+        """Each limit at its better reading of two: a neighbour on a shared machine only ever
+        slows a measurement down, so the best reading is the nearest to the machine's own."""
+        return Roofline(
+            max(self.read_gb_s, other.read_gb_s),
+            max(self.copy_gb_s, other.copy_gb_s),
+            max(self.bf16_gflop_s, other.bf16_gflop_s),
+        )
+
     def compute_bound(self, matmul_params: int) -> float:
         """Compute-bound tokens/s (any batch large enough to saturate the matmuls)."""
         return self.bf16_gflop_s * 1e9 / (2 * matmul_params)
