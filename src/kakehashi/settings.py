@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     aliases: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_model_len: int | None = Field(default=None, ge=16)
     dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where the model runs: cpu, cuda or cuda:N; auto is a CUDA GPU where torch "
+        "sees one, else the CPU.",
+    )
 
     # Embeddings
     embeddings: bool = Field(default=True, description="Serve an embedding model.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from typer.testing import CliRunner
 
 from kakehashi.cli.main import app
@@ -37,3 +38,9 @@ def test_serve_rejects_bad_settings_and_missing_models(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["serve", "--model", str(tmp_path / "no-such-model")])
     assert missing.exit_code == 1
     assert "cannot load model" in missing.output
+    bad_device = runner.invoke(app, ["serve", "--device", "gpu"])
+    assert bad_device.exit_code == 2
+    if not torch.cuda.is_available():
+        no_gpu = runner.invoke(app, ["serve", "--device", "cuda"])
+        assert no_gpu.exit_code == 1
+        assert "torch sees no CUDA GPU" in no_gpu.output

@@ -99,6 +99,7 @@ def load_local_model(settings: Settings) -> LoadedModel:
         model_dir,
         max_model_len=settings.max_model_len,
         dtype=settings.dtype,
+        device=settings.device,
         threads=settings.threads,
         max_num_seqs=settings.max_num_seqs,
         kv_cache_bytes=settings.kv_cache_memory,

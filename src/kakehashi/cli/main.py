@@ -40,6 +40,17 @@ def _settings(overrides: dict[str, Any], config: Path | None = None) -> Settings
         raise typer.BadParameter(f"cannot read the config file: {exc}") from None
 
 
+def _check_device(settings: Settings, console: Console) -> None:
+    """Exit with a message, before anything loads, if the configured device is not here."""
+    from kakehashi.engine.builder import resolve_device
+
+    try:
+        resolve_device(settings.device)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
 def _resolve_model(settings: Settings, console: Console) -> Path:
     """The model directory to serve: the configured one, or the demo (created if missing)."""
     from kakehashi.engine.models.loader import ModelSourceError, resolve_model_source
@@ -104,6 +115,10 @@ def serve(
         int | None, typer.Option(help="Context window in tokens (default: the model's).")
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda or cuda:N (default: auto, a CUDA GPU if torch sees one)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
     max_num_seqs: Annotated[
         int | None, typer.Option(help="Most sequences decoded at once.")
@@ -171,6 +186,7 @@ def serve(
             "api_keys": api_key,
             "max_model_len": max_model_len,
             "dtype": dtype,
+            "device": device,
             "threads": threads,
             "max_num_seqs": max_num_seqs,
             "kv_cache_memory": kv_cache_memory,
@@ -185,6 +201,7 @@ def serve(
         config,
     )
     model_id = default_model_id(settings)
+    _check_device(settings, console)
     model_dir = _resolve_model(settings, console)
     settings = settings.model_copy(update={"model": str(model_dir), "served_model_name": model_id})
     if not settings.auth_enabled:

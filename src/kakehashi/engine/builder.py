@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from kakehashi.engine.engine import (
 from kakehashi.engine.models.loader import checkpoint_dtype, load_model, read_model_config
 from kakehashi.engine.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_MODEL_LEN = 8192
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -30,13 +33,50 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_dtype(model_dir: Path) -> torch.dtype:
-    """The checkpoint's dtype, except that half precision runs as bfloat16 where the CPU has
-    fast bfloat16 matmuls (AVX-512 BF16 / AMX) and as float32 where it does not."""
-    dtype = checkpoint_dtype(model_dir)
-    if dtype == torch.float32 or torch.cuda.is_available():
-        return dtype
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device called ``name``: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` is the first
+    CUDA GPU where torch sees one and the CPU elsewhere. Raises ValueError for a device this
+    machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU on this machine")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"device {name!r}: torch sees {count} CUDA GPU(s), numbered from 0")
+    return device
+
+
+def runtime_dtype(checkpoint: torch.dtype, device_type: str, *, fast_bf16: bool) -> torch.dtype:
+    """The dtype to run a ``checkpoint``-dtype model in on ``device_type`` ("cpu" or "cuda").
+
+    float32 checkpoints stay float32. Half precision runs as bfloat16 where the device does
+    bfloat16 fast (``fast_bf16``: AVX-512 BF16 / AMX on a CPU, Ampere or later on a GPU).
+    Elsewhere a CPU runs it as float32 and a GPU as float16 (its native half type).
+    """
+    if checkpoint == torch.float32:
+        return checkpoint
+    if fast_bf16:
+        return torch.bfloat16
+    return torch.float16 if device_type == "cuda" else torch.float32
+
+
+def auto_dtype(model_dir: Path, device: torch.device | None = None) -> torch.dtype:
+    """:func:`runtime_dtype` of the checkpoint in ``model_dir`` on ``device`` (default: CPU)."""
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        fast_bf16 = torch.cuda.is_bf16_supported()
+    else:
+        fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return runtime_dtype(checkpoint_dtype(model_dir), device.type, fast_bf16=fast_bf16)
 
 
 def build_async_engine(
@@ -44,6 +84,7 @@ def build_async_engine(
     *,
     max_model_len: int | None = None,
     dtype: str = "auto",
+    device: str = "auto",
     threads: int | None = None,
     max_num_seqs: int = 64,
     kv_cache_bytes: int | None = None,
@@ -55,13 +96,15 @@ def build_async_engine(
 ) -> AsyncEngine:
     """Load the model and tokenizer in ``model_dir`` and wrap them in an (unstarted) engine.
 
-    ``dtype="auto"`` keeps the checkpoint's dtype (half precision: see :func:`auto_dtype`).
+    The model runs on ``device`` (see :func:`resolve_device`); ``dtype="auto"`` keeps the
+    checkpoint's dtype (half precision: see :func:`runtime_dtype`).
     ``max_model_len`` defaults to the model's maximum positions, capped at 8192. Torch uses
     ``threads`` threads, or every available core.
     The KV cache takes ``kv_cache_bytes`` bytes if given; by default it holds ``max_num_seqs``
-    full-length sequences, capped at 2 GiB and at 40 % of the available memory (and always at
-    least one). At most ``max_queue_len`` requests wait for admission (None: unbounded);
-    further ones raise :class:`~kakehashi.engine.engine.EngineOverloadedError` (503).
+    full-length sequences, capped as :func:`~kakehashi.engine.engine.default_kv_cache_bytes`
+    says for the device (and always at least one). At most ``max_queue_len`` requests wait
+    for admission (None: unbounded); further ones raise
+    :class:`~kakehashi.engine.engine.EngineOverloadedError` (503).
     ``max_num_batched_tokens`` is the per-step token budget (prefill chunk size).
     ``prepack_weights`` keeps oneDNN-blocked copies of bfloat16 weights for batched matmuls
     (about 1.3x faster batched decode, one more copy of the projection weights in memory).
@@ -70,6 +113,7 @@ def build_async_engine(
     model_dir = Path(model_dir)
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    where = resolve_device(device)
     torch.set_num_threads(threads or available_cores())
     config = read_model_config(model_dir)
     if max_model_len is None:
@@ -79,9 +123,9 @@ def build_async_engine(
             f"max_model_len {max_model_len} exceeds the model's "
             f"{config.max_position_embeddings} positions"
         )
-    model = load_model(
-        model_dir, dtype=_DTYPES[dtype] if dtype != "auto" else auto_dtype(model_dir)
-    )
+    run_dtype = _DTYPES[dtype] if dtype != "auto" else auto_dtype(model_dir, where)
+    model = load_model(model_dir, dtype=run_dtype, device=str(where))
+    log.info("model %s loaded on %s in %s", model_dir.name, where, run_dtype)
     tokenizer = Tokenizer.from_dir(model_dir)
     engine_config = EngineConfig(
         max_model_len=max_model_len,

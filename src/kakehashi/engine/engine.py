@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # at most DEFAULT_KV_CACHE_RAM_FRACTION of the memory available when the engine starts.
 DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_RAM_FRACTION = 0.4
+DEFAULT_KV_CACHE_GPU_FRACTION = 0.8
 DEFAULT_MAX_QUEUE_LEN = 256
 # Tokens of one step. On CPUs a step of 1024 prompt tokens stalls every running stream for
 # up to a second (Qwen2.5-0.5B, 2 cores); 256 cut the longest step 3-4x at the same TTFT.
@@ -63,8 +64,16 @@ def room_for_packed_weights(weight_bytes: int, free: int | None) -> bool:
     return free is None or free >= weight_bytes + PACK_HEADROOM_BYTES
 
 
-def default_kv_cache_bytes() -> int:
-    """The KV budget used when none is configured (see :data:`DEFAULT_KV_CACHE_BYTES`)."""
+def default_kv_cache_bytes(device: torch.device | None = None) -> int:
+    """The KV budget used when none is configured for a model on ``device`` (default: CPU).
+
+    On a CPU: :data:`DEFAULT_KV_CACHE_BYTES`, at most :data:`DEFAULT_KV_CACHE_RAM_FRACTION` of
+    the available RAM. On a GPU: :data:`DEFAULT_KV_CACHE_GPU_FRACTION` of its free memory
+    once the weights are loaded (the GPU is the model's own; the rest is for activations).
+    """
+    if device is not None and device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * DEFAULT_KV_CACHE_GPU_FRACTION)
     free = available_memory_bytes()
     if free is None:
         return DEFAULT_KV_CACHE_BYTES
@@ -97,15 +106,17 @@ class EngineConfig:
     prepack_weights: bool = True
     cpu_kernels: bool = True
 
-    def resolve_num_blocks(self, bytes_per_block: int) -> int:
-        """The number of KV blocks this config asks for, given the size of one block."""
+    def resolve_num_blocks(self, bytes_per_block: int, device: torch.device | None = None) -> int:
+        """The number of KV blocks this config asks for, given the size of one block and the
+        device the cache lives on."""
         per_seq = -(-self.max_model_len // self.block_size)
         if self.num_kv_blocks is not None:
             wanted = self.num_kv_blocks
         elif self.kv_cache_bytes is not None:
             wanted = self.kv_cache_bytes // bytes_per_block
         else:
-            wanted = min(self.max_num_seqs * per_seq, default_kv_cache_bytes() // bytes_per_block)
+            budget = default_kv_cache_bytes(device)
+            wanted = min(self.max_num_seqs * per_seq, budget // bytes_per_block)
         return max(wanted, per_seq)
 
 
@@ -133,10 +144,13 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         mc = model.config
-        pack = config.prepack_weights and _packed_copy_fits(model)
+        self.device = _model_device(model)
+        # Packed weight copies and our kernels are for CPUs; other devices use torch's kernels.
+        on_cpu = self.device.type == "cpu"
+        pack = on_cpu and config.prepack_weights and _packed_copy_fits(model)
         enable_kernels = getattr(model, "enable_cpu_kernels", None)
         cpu_kernels = bool(
-            config.cpu_kernels and callable(enable_kernels) and enable_kernels(pack=pack)
+            on_cpu and config.cpu_kernels and callable(enable_kernels) and enable_kernels(pack=pack)
         )
         prepack = getattr(model, "prepack_weights", None)
         if pack and callable(prepack):
@@ -149,7 +163,6 @@ class LLMEngine:
                 batches,
             )
         dtype = _model_dtype(model)
-        device = _model_device(model)
         per_block = KVCache.bytes_per_block(
             num_layers=mc.num_layers,
             block_size=config.block_size,
@@ -157,7 +170,7 @@ class LLMEngine:
             head_dim=mc.head_dim,
             dtype=dtype,
         )
-        self.num_kv_blocks = config.resolve_num_blocks(per_block)
+        self.num_kv_blocks = config.resolve_num_blocks(per_block, self.device)
         self.kv_cache = KVCache(
             num_layers=mc.num_layers,
             num_blocks=self.num_kv_blocks,
@@ -165,7 +178,7 @@ class LLMEngine:
             num_kv_heads=mc.num_kv_heads,
             head_dim=mc.head_dim,
             dtype=dtype,
-            device=device,
+            device=self.device,
             cpu_kernels=cpu_kernels,
         )
         self.block_manager = BlockManager(
@@ -250,7 +263,8 @@ class LLMEngine:
         self.check_queue(0)
         generator = None
         if params.seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(params.seed)
+            # On the model's device: a seeded row samples from logits that live there.
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
         seq = Sequence(
             request_id,
             ids,
