@@ -68,11 +68,13 @@ def embedding_model_dir(settings: Settings) -> Path | None:
     return find_packaged_embedding_model()
 
 
-def load_embedding_model(model_dir: Path) -> EmbedderLike:
-    """Load a sentence-transformers style model directory (blocking; a second or two)."""
+def load_embedding_model(model_dir: Path, device: str = "cpu") -> EmbedderLike:
+    """Load a sentence-transformers style model directory onto ``device`` (``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N``; blocking, a second or two)."""
+    from kakehashi.engine.builder import resolve_device
     from kakehashi.engine.embedding import EmbeddingModel
 
-    return EmbeddingModel.from_dir(model_dir)
+    return EmbeddingModel.from_dir(model_dir, device=str(resolve_device(device)))
 
 
 @dataclass(slots=True)
@@ -188,7 +190,7 @@ class LocalEmbeddingBackend:
             packaged = settings.embedding_model is None
             name = PACKAGED_EMBEDDING_MODEL_ID if packaged else model_dir.resolve().name
         return cls(
-            lambda: load_embedding_model(model_dir),
+            lambda: load_embedding_model(model_dir, settings.device),
             model_ids=[name, *settings.embedding_aliases],
         )
 
