@@ -66,8 +66,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
 
 
 def test_default_model_id(tmp_path: Path) -> None:
-    assert default_model_id(Settings()) == "kakehashi-demo"
+    assert default_model_id(Settings()) == "smollm2-135m-instruct"
+    assert default_model_id(Settings(model="tiny-random")) == "tiny-random"
     assert default_model_id(Settings(model=str(tmp_path))) == tmp_path.name
+    gguf = tmp_path / "Model-7B.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert default_model_id(Settings(model=str(gguf))) == "Model-7B.Q4_K_M"
+    assert default_model_id(Settings(model="ollama:qwen2.5:0.5b")) == "qwen2.5:0.5b"
+    assert default_model_id(Settings(model="lmstudio:org/repo")) == "org/repo"
     assert default_model_id(Settings(model="Org/Model-1B")) == "Org/Model-1B"
     assert default_model_id(Settings(model="Org/Model-1B", served_model_name="m")) == "m"
 
