@@ -41,6 +41,10 @@ def test_status_and_access(tmp_path: Path) -> None:
     assert during["text-embedding-ada-002"]["serves"] == "all-MiniLM-L6-v2"
     assert during["gpt-4"]["access"] == "yes"  # no key given: the operator's view
     assert during["gpt-4"]["serves"] == "smollm2-135m-instruct"
+    # OpenAI's current names are answered by the default model too, and say so.
+    for name in ("gpt-3.5-turbo", "gpt-4o", "gpt-4.1", "chatgpt-4o-latest"):
+        assert during[name]["serves"] == "smollm2-135m-instruct"
+        assert during[name]["capabilities"] == ["chat"] and during[name]["status"] == "active"
 
     after = rows("--config", str(config), "--now", "2024-01-04", "--key", "sk-free-key-1")
     assert after["text-davinci-003"]["status"] == "retired → gpt-3.5-turbo-instruct"
