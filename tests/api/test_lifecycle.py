@@ -122,7 +122,7 @@ def test_after_shutdown_404_names_the_replacement(client: TestClient, calendar: 
         "message": "The model `text-davinci-003` has been deprecated and was shut down on "
         "2024-01-04; use `gpt-3.5-turbo-instruct` instead.",
         "type": "invalid_request_error",
-        "param": "model",
+        "param": None,
         "code": "model_not_found",
     }
     assert "text-davinci-003" not in listed(client)

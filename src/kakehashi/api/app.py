@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
@@ -13,16 +14,20 @@ from kakehashi.api.errors import install_error_handlers
 from kakehashi.backends.base import AnyBackend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
-from kakehashi.gateway.builtin import builtin_specs
+from kakehashi.gateway.builtin import builtin_specs, openai_name_specs
 from kakehashi.gateway.catalog import Catalog
 from kakehashi.gateway.lifecycle import Clock, fixed_clock, system_clock
 from kakehashi.gateway.service import GatewayService
 from kakehashi.settings import Settings
 
+if TYPE_CHECKING:
+    from kakehashi.engine.models.checkpoint import Checkpoint
 
-def default_backends(settings: Settings) -> list[AnyBackend]:
-    """The local language model, and the embedding model unless disabled or not installed."""
-    backends: list[AnyBackend] = [LocalBackend.from_settings(settings)]
+
+def default_backends(settings: Settings, checkpoint: Checkpoint | None = None) -> list[AnyBackend]:
+    """The local language model (from ``checkpoint`` if its files are already open), and the
+    embedding model unless disabled or not installed."""
+    backends: list[AnyBackend] = [LocalBackend.from_settings(settings, checkpoint)]
     embedder = LocalEmbeddingBackend.from_settings(settings)
     if embedder is not None:
         backends.append(embedder)
@@ -32,13 +37,14 @@ def default_backends(settings: Settings) -> list[AnyBackend]:
 def build_service(
     settings: Settings, backends: Sequence[AnyBackend], *, clock: Clock | None = None
 ) -> GatewayService:
-    """The gateway over ``backends``: their models, the built-in migration table (unless
-    disabled) and the configured ``[[models]]``, on ``clock`` (default: ``settings.now`` if
-    set, else the real date)."""
+    """The gateway over ``backends``: their models, the built-in catalog (the migration
+    table and OpenAI's model names; unless disabled) and the configured ``[[models]]``, on
+    ``clock`` (default: ``settings.now`` if set, else the real date)."""
+    builtin = [*builtin_specs(), *openai_name_specs(settings.models)]
     catalog = Catalog.from_backends(
         backends,
         settings.models,
-        builtin=builtin_specs() if settings.builtin_catalog else (),
+        builtin=builtin if settings.builtin_catalog else (),
         tiers=settings.tiers,
     )
     if clock is None:

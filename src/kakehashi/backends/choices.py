@@ -96,7 +96,7 @@ def legacy_choice(run: Run, request: CompletionRequest, tokenizer: TokenizerLike
     prompt = run.prompt if request.echo else Prompt([], "")
     logprobs = None
     if request.logprobs is not None:
-        logprobs = LegacyLogprobs(tokenizer, request.logprobs, echo=prompt.ids)
+        logprobs = LegacyLogprobs(tokenizer, request.logprobs, echo=prompt.ids, skip=prompt.added)
     return Choice(run, echo=prompt.text, logprobs=logprobs)
 
 

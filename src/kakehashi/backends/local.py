@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kakehashi.backends.base import ServedModel, not_loaded, served_as
 from kakehashi.backends.choices import Choice, Job, Run, legacy_choice, new_job, usage
@@ -50,6 +50,9 @@ from kakehashi.wire.chat import (
 )
 from kakehashi.wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
 
+if TYPE_CHECKING:
+    from kakehashi.engine.models.checkpoint import Checkpoint
+
 __all__ = [
     "EngineLike",
     "LoadedModel",
@@ -77,10 +80,13 @@ class LocalBackend:
         self._model: LoadedModel | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBackend:
-        """The backend for the model ``settings`` describe (loaded on :meth:`start`)."""
+    def from_settings(
+        cls, settings: Settings, checkpoint: Checkpoint | None = None
+    ) -> LocalBackend:
+        """The backend for the model ``settings`` describe, or for ``checkpoint`` if its files
+        are already open (loaded on :meth:`start`)."""
         ids = [default_model_id(settings), *settings.aliases]
-        return cls(lambda: load_local_model(settings), model_ids=ids)
+        return cls(lambda: load_local_model(settings, checkpoint), model_ids=ids)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

