@@ -82,6 +82,11 @@ def resolve_model_source(name_or_path: str) -> Path:
     """A local model directory for ``name_or_path``, downloading from the hub if need be."""
     local = Path(name_or_path).expanduser()
     if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelSourceError(
+                f"{local} is a directory without config.json, so not a model directory; "
+                "pass one that holds config.json, *.safetensors and the tokenizer files"
+            )
         return local
     hint = "pass the path of a local model directory (config.json, *.safetensors, tokenizer)"
     try:
