@@ -56,7 +56,7 @@ def _check_values(data: Any) -> None:
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
-        if len(path) > MAX_JSON_DEPTH:
+        if isinstance(value, dict | list) and len(path) >= MAX_JSON_DEPTH:
             raise InvalidRequestError(
                 f"{JSON_PARSE_MESSAGE} The body nests arrays and objects more than "
                 f"{MAX_JSON_DEPTH} levels deep."
