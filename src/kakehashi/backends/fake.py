@@ -29,7 +29,7 @@ class FakeTokenizer:
     _SPECIAL_TEXT: ClassVar[dict[int, bytes]] = {EOS: b"<|endoftext|>", BOS: b"<|begin|>"}
 
     vocab_size = 258
-    eos_token_ids = (EOS,)
+    eos_token_ids: tuple[int, ...] = (EOS,)
     max_token_bytes = len(_SPECIAL_TEXT[EOS])
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
