@@ -14,7 +14,7 @@ from e2e.common import LLAMA_MODEL
 from support.fuzz import FuzzTally, case_strategy, check_answer, send
 from support.server import ServerProcess
 
-FUZZ_EXAMPLES = int(os.environ.get("KAKEHASHI_TEST_FUZZ_EXAMPLES", "250"))
+FUZZ_EXAMPLES = int(os.environ.get("KAKEHASHI_TEST_FUZZ_EXAMPLES", "500"))
 
 
 @pytest.mark.slow
