@@ -6,7 +6,8 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
     KakehashiError                      500 server_error
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── ContextLengthExceededError  400 code=context_length_exceeded
-    │   └── RequestTooLargeError        413
+    │   ├── RequestTooLargeError        413 code=request_too_large
+    │   └── UnsupportedMediaTypeError   415 code=unsupported_media_type
     ├── AuthenticationError             401 code=invalid_api_key
     ├── PermissionDeniedError           403
     ├── NotFoundError                   404
@@ -14,7 +15,7 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
     ├── ConflictError                   409
     ├── RateLimitError                  429 code=rate_limit_exceeded
     ├── ServerError                     500
-    └── ServiceUnavailableError         503
+    └── ServiceUnavailableError         503 (with Retry-After)
 
 Code raises these; the HTTP layer maps them to responses in exactly one handler.
 """
@@ -30,6 +31,8 @@ class KakehashiError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
+    retry_after: ClassVar[int | None] = None
+    """Seconds a client should wait before retrying (the ``Retry-After`` header), if any."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -66,6 +69,14 @@ class RequestTooLargeError(InvalidRequestError):
     """The request body is larger than the server accepts."""
 
     status_code = 413
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The body is not of a media type the endpoint reads (JSON endpoints want JSON)."""
+
+    status_code = 415
+    default_code = "unsupported_media_type"
 
 
 class AuthenticationError(KakehashiError):
@@ -131,3 +142,4 @@ class ServiceUnavailableError(KakehashiError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
+    retry_after = 1

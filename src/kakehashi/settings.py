@@ -186,6 +186,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a server without API keys answers besides loopback ones "
+        "(localhost, 127.0.0.1, [::1]); '*' for any, '*.example.com' for subdomains.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (https://app.example.com) allowed to call the API from a "
+        "browser; none by default.",
+    )
+    max_body_size: ByteSize = Field(
+        default=ByteSize(4 * 1024**2),
+        ge=1024,
+        description="Largest request body accepted; larger ones get a 413.",
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a SIGTERM waits for requests in flight before aborting them.",
+    )
 
     # Engine limits
     max_num_seqs: int = Field(default=64, ge=1)
@@ -198,7 +218,8 @@ class Settings(BaseSettings):
     max_queue_len: int | None = Field(
         default=256,
         ge=0,
-        description="Requests allowed to wait for a slot; beyond it requests get a 503.",
+        description="Requests allowed to wait once all max_num_seqs slots are taken (0: none "
+        "wait); beyond it requests get a 503.",
     )
     max_num_batched_tokens: int = Field(
         default=256,  # the engine's DEFAULT_MAX_NUM_BATCHED_TOKENS (see why there)
@@ -213,7 +234,15 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
 
-    @field_validator("aliases", "api_keys", "embedding_aliases", "tiers", mode="before")
+    @field_validator(
+        "aliases",
+        "api_keys",
+        "embedding_aliases",
+        "tiers",
+        "allowed_hosts",
+        "cors_origins",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)

@@ -11,6 +11,7 @@ from api.helpers import chat_body, expect_error, make_client
 from kakehashi.backends.fake import FAKE_MODEL_ID, FakeBackend
 
 CHAT = "/v1/chat/completions"
+JSON_TYPE = {"Content-Type": "application/json"}
 COMPLETIONS = "/v1/completions"
 
 # (path, body, param, code)
@@ -136,7 +137,7 @@ def test_messages_say_what_is_wrong(client: TestClient) -> None:
 @pytest.mark.parametrize("raw", [b'{"model": "x", "messages": [', b"not json", b"", b"\xff"])
 def test_malformed_json(client: TestClient, raw: bytes) -> None:
     for path in (CHAT, COMPLETIONS):
-        error = expect_error(client.post(path, content=raw), 400)
+        error = expect_error(client.post(path, content=raw, headers=JSON_TYPE), 400)
         assert error["message"].startswith("We could not parse the JSON body of your request.")
         assert error["param"] is None
 

@@ -125,12 +125,14 @@ def run_process(
     startup_timeout: float = 60.0,
     cwd: str | Path | None = None,
     clean_exit: bool = False,
+    may_exit: bool = False,
 ) -> Iterator[RunningProcess]:
     """Start ``argv`` (which must listen on 127.0.0.1:``port``), wait for ``health_path`` to
     answer 200, yield it, and stop it afterwards.
 
-    Leaving the block fails if the process died meanwhile, and with ``clean_exit`` also if it
-    did not exit on SIGTERM within the grace period (with status 0 or by the signal itself).
+    Leaving the block fails if the process died meanwhile (unless ``may_exit``: the test
+    stopped it itself), and with ``clean_exit`` also if it did not exit on SIGTERM within the
+    grace period (with status 0 or by the signal itself).
     """
     with tempfile.TemporaryDirectory(prefix="kakehashi-proc-") as log_dir:
         log_path = Path(log_dir) / "output.log"
@@ -149,7 +151,8 @@ def run_process(
         try:
             _wait_healthy(running, health_path, startup_timeout)
             yield running
-            running.assert_alive()  # a server that died under the tests is a failure too
+            if not may_exit:
+                running.assert_alive()  # a server that died under the tests is a failure too
             killed = _stop(process)
             stopped = True
             # uvicorn re-raises SIGTERM after its graceful shutdown, hence -SIGTERM is clean too
@@ -191,8 +194,10 @@ def run_server(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60.0,
+    may_exit: bool = False,
 ) -> Iterator[ServerProcess]:
-    """Run ``kakehashi serve`` on a free port of 127.0.0.1 and yield it once healthy."""
+    """Run ``kakehashi serve`` on a free port of 127.0.0.1 and yield it once healthy
+    (``may_exit``: the test stops it itself)."""
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
     if model_dir is not None:
@@ -212,6 +217,7 @@ def run_server(
         env=server_env(data_dir, env),
         startup_timeout=startup_timeout,
         clean_exit=True,
+        may_exit=may_exit,
     ) as running:
         yield ServerProcess(
             process=running.process,

@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from kakehashi.api import chat, completions, edits, embeddings, health, models
 from kakehashi.api.deps import RequestIdMiddleware, require_api_key
-from kakehashi.api.errors import install_error_handlers
+from kakehashi.api.drain import Drain, DrainMiddleware
+from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
+from kakehashi.api.guards import BodyLimitMiddleware, HostGuardMiddleware
 from kakehashi.backends.base import AnyBackend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
@@ -52,6 +55,28 @@ def build_service(
     return GatewayService(catalog, max_n=settings.max_n, clock=clock)
 
 
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """The middleware every request passes, outermost first: request ids and timing; the one
+    handler of unexpected errors; CORS (only with ``cors_origins``); the drain; the ``Host``
+    check (only without API keys); the body size limit."""
+    # add_middleware puts each one outside those added before it.
+    app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_body_size))
+    if not settings.auth_enabled:
+        app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain, exempt={"/health"})
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "openai-processing-ms", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -77,15 +102,21 @@ def create_app(
         finally:
             await service.stop()
 
+    # On a keyed server the API description is not public: no /docs, /redoc, /openapi.json.
+    docs = not settings.auth_enabled
     app = FastAPI(
         title="kakehashi",
         summary="An OpenAI-compatible API served from local models.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.drain = Drain()
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    install_middleware(app, settings)
     authenticated = [Depends(require_api_key)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").

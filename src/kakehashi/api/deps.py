@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import time
 import uuid
 from typing import Annotated, Any, TypeVar
@@ -12,8 +11,9 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kakehashi.api.errors import JSON_PARSE_MESSAGE, invalid_request
-from kakehashi.errors import AuthenticationError, InvalidRequestError
+from kakehashi.api.body import decode_json, require_json_media_type
+from kakehashi.api.errors import invalid_request
+from kakehashi.errors import AuthenticationError
 from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
 from kakehashi.gateway.service import GatewayService
 from kakehashi.settings import KeySpec, Settings
@@ -70,15 +70,16 @@ CallerDep = Annotated[Caller, Depends(require_api_key)]
 
 
 async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
-    """Read the JSON body (whatever the Content-Type says) and validate it as ``shape``.
+    """Read the JSON body and validate it as ``shape``.
 
-    ``defaults`` fill fields the body lacks (e.g. ``model`` from ``/engines/{engine}``).
+    A server with API keys reads the body whatever its Content-Type says, as OpenAI does; an
+    open one wants ``application/json`` (415 otherwise), so that a web page cannot drive it
+    with a cross-origin ``text/plain`` POST. ``defaults`` fill fields the body lacks (e.g.
+    ``model`` from ``/engines/{engine}``).
     """
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequestError(JSON_PARSE_MESSAGE) from None
+    if not get_settings(request).auth_enabled:
+        require_json_media_type(request.headers.get("content-type"))
+    data = decode_json(await request.body())
     if isinstance(data, dict):
         data = {**defaults, **{k: v for k, v in data.items() if v is not None or k not in defaults}}
     try:

@@ -18,6 +18,7 @@ from kakehashi.backends.base import ServedModel, not_loaded, served_as
 from kakehashi.backends.choices import Choice, Job, Run, legacy_choice, new_job, usage
 from kakehashi.backends.logprobs import chat_logprobs
 from kakehashi.backends.model import (
+    ChunkStream,
     EngineLike,
     LoadedModel,
     TemplateLike,
@@ -29,11 +30,12 @@ from kakehashi.backends.model import (
 from kakehashi.backends.prompting import (
     chat_prompt,
     check_legacy_options,
+    check_prompt_chars,
     completion_budget,
     legacy_prompt,
     sampling_params,
 )
-from kakehashi.backends.streams import merge
+from kakehashi.backends.streams import close_all, closing_all, merge
 from kakehashi.engine.params import FinishReason, GenerationChunk
 from kakehashi.errors import InvalidRequestError, KakehashiError, ServiceUnavailableError
 from kakehashi.settings import Settings
@@ -118,10 +120,13 @@ class LocalBackend:
 
     async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
         """A whole chat completion."""
-        job = self._chat_job(request)
+        job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
         tokens: list[list[ChatTokenLogprob]] = [[] for _ in choices]
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(streams)) as events,
+        ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
                 if request.logprobs:
@@ -145,19 +150,24 @@ class LocalBackend:
     async def stream_chat_completion(
         self, request: ChatCompletionRequest
     ) -> AsyncIterator[ChatCompletionChunk]:
-        """A chat completion as stream chunks; validation happens before the first one."""
-        job = self._chat_job(request)
+        """A chat completion as stream chunks; validation and admission happen before the
+        first one."""
+        job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
         header = self._stream_header(job, request)
 
         def chunk_of(*choice: ChatChunkChoice) -> ChatCompletionChunk:
             return ChatCompletionChunk(**header, choices=list(choice))
 
-        for run in job.runs:
-            yield chunk_of(
-                ChatChunkChoice(index=run.index, delta=ChatDelta(role="assistant", content=""))
-            )
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        # Admitted before the first chunk: an overload is a 503, never a frame of a 200 stream.
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(streams)) as events,
+        ):
+            for run in job.runs:
+                yield chunk_of(
+                    ChatChunkChoice(index=run.index, delta=ChatDelta(role="assistant", content=""))
+                )
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -175,16 +185,14 @@ class LocalBackend:
         if request.include_usage:
             yield ChatCompletionChunk(**{**header, "usage": usage(choices)}, choices=[])
 
-    def _admitted(self, job: Job) -> Job:
-        """``job``, once the engine has room to queue it (else a 503 before any answer)."""
-        self.loaded.engine.check_admission(len(job.runs))
-        return job
-
-    def _chat_job(self, request: ChatCompletionRequest) -> Job:
+    async def _chat_job(self, request: ChatCompletionRequest) -> Job:
         model = self.loaded
         tokenizer = model.engine.tokenizer
-        prompt = chat_prompt(request, model.chat_template, tokenizer)
         window = model.engine.max_model_len
+        chars = sum(len(m.content or "") for m in request.messages)
+        check_prompt_chars(chars, tokenizer, window, "messages")
+        # Templating and tokenizing take long for long prompts: not on the event loop.
+        prompt = await asyncio.to_thread(chat_prompt, request, model.chat_template, tokenizer)
         max_tokens = completion_budget(
             len(prompt.ids), request.completion_limit, window, "messages"
         )
@@ -194,7 +202,7 @@ class LocalBackend:
             max_tokens=max_tokens,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
-        return self._admitted(new_job("chatcmpl", [prompt], request.n or 1, params))
+        return new_job("chatcmpl", [prompt], request.n or 1, params)
 
     def _chat_logprobs(
         self, request: ChatCompletionRequest, chunk: GenerationChunk
@@ -205,9 +213,12 @@ class LocalBackend:
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse:
         """A whole legacy completion (one choice per prompt and ``n``)."""
-        job = self._completion_job(request)
+        job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(streams)) as events,
+        ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
         return CompletionResponse(
@@ -228,10 +239,13 @@ class LocalBackend:
         self, request: CompletionRequest
     ) -> AsyncIterator[CompletionResponse]:
         """A legacy completion as stream chunks (each shaped like a whole response)."""
-        job = self._completion_job(request)
+        job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
         header = self._stream_header(job, request)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(streams)) as events,
+        ):
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -252,11 +266,16 @@ class LocalBackend:
         if request.include_usage:
             yield CompletionResponse(**{**header, "usage": usage(choices)}, choices=[])
 
-    def _completion_job(self, request: CompletionRequest) -> Job:
+    async def _completion_job(self, request: CompletionRequest) -> Job:
         check_legacy_options(request)
         engine = self.loaded.engine
         tokenizer = engine.tokenizer
-        prompts = [legacy_prompt(p, tokenizer) for p in request.prompt]
+        for text in request.prompt:
+            if isinstance(text, str):
+                check_prompt_chars(len(text), tokenizer, engine.max_model_len, "prompt")
+        prompts = await asyncio.to_thread(
+            lambda: [legacy_prompt(p, tokenizer) for p in request.prompt]
+        )
         limit = request.completion_limit
         for prompt in prompts:
             completion_budget(len(prompt.ids), limit, engine.max_model_len, "prompt")
@@ -267,7 +286,7 @@ class LocalBackend:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if request.echo else None,
         )
-        return self._admitted(new_job("cmpl", prompts, request.n or 1, params))
+        return new_job("cmpl", prompts, request.n or 1, params)
 
     def _legacy_choices(self, request: CompletionRequest, runs: list[Run]) -> list[Choice]:
         tokenizer = self.loaded.engine.tokenizer
@@ -296,10 +315,27 @@ class LocalBackend:
             header["usage"] = None
         return header
 
-    async def _generate(self, runs: list[Run]) -> AsyncIterator[tuple[int, GenerationChunk]]:
-        """Run every choice on the engine at once; yields ``(choice index, chunk)``."""
+    async def _start(self, job: Job) -> list[ChunkStream]:
+        """Admit every choice of ``job`` on the engine now, or none (503 when the running
+        slots and the queue are full); the caller closes the streams."""
         engine = self.loaded.engine
-        streams = [engine.generate(r.request_id, r.prompt.ids, r.params) for r in runs]
+        engine.check_admission(len(job.runs))
+        streams: list[ChunkStream] = []
+        try:
+            for run in job.runs:
+                streams.append(engine.generate(run.request_id, run.prompt.ids, run.params))
+        except ValueError as exc:  # the engine refused the request
+            await close_all(streams)
+            raise InvalidRequestError(str(exc)) from exc
+        except BaseException:
+            await close_all(streams)
+            raise
+        return streams
+
+    async def _generate(
+        self, streams: list[ChunkStream]
+    ) -> AsyncIterator[tuple[int, GenerationChunk]]:
+        """Run every choice at once; yields ``(choice index, chunk)``."""
         try:
             async with contextlib.aclosing(merge(streams)) as merged:
                 async for index, chunk in merged:

@@ -31,6 +31,25 @@ class Prompt:
         return self.ids[before : len(self.ids) - after]
 
 
+NORMALIZER_SHRINK = 4
+"""How much a tokenizer's normalizer may shorten text (NFC composes up to three code points
+into one), with room to spare."""
+
+
+def check_prompt_chars(chars: int, tokenizer: TokenizerLike, window: int, param: str) -> None:
+    """Refuse, before any tokenizing, a prompt of ``chars`` characters that cannot fit the
+    ``window`` whatever its text: no token stands for more than ``max_token_bytes`` bytes."""
+    limit = window * tokenizer.max_token_bytes * NORMALIZER_SHRINK
+    if chars > limit:
+        noun = "messages" if param == "messages" else "prompt"
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {window} tokens. However, your {noun} "
+            f"has {chars} characters, more than {window} tokens can hold. Please reduce the "
+            f"length of the {noun}.",
+            param=param,
+        )
+
+
 def chat_prompt(
     request: ChatCompletionRequest, template: TemplateLike, tokenizer: TokenizerLike
 ) -> Prompt:

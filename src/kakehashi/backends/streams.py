@@ -5,11 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
 _END = object()
+
+
+class Closable(Protocol):
+    """Anything with an async ``aclose`` (async generators, engine streams)."""
+
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+async def close_all(streams: Sequence[Closable]) -> None:
+    """Close every stream (closing one that has ended does nothing)."""
+    for stream in streams:
+        await stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def closing_all(streams: list[C]) -> AsyncIterator[list[C]]:
+    """``streams``, closed on leaving the block however it is left, even if nobody started
+    reading them (closing an async generator that never ran would not reach its cleanup)."""
+    try:
+        yield streams
+    finally:
+        await close_all(streams)
 
 
 async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:

@@ -152,6 +152,28 @@ def serve(
             help="Sentence-transformers model directory (default: the packaged all-MiniLM-L6-v2)."
         ),
     ] = None,
+    max_body_size: Annotated[
+        str | None,
+        typer.Option(help="Largest request body accepted, e.g. 16MiB (default: 4MiB)."),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name a server without API keys answers besides localhost, 127.0.0.1 "
+            "and [::1] (repeatable; '*' for any)."
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="A web origin allowed to call the API from a browser (repeatable)."),
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a SIGTERM waits for requests in flight before aborting them "
+            "(default: 30)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     now: NowOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -161,9 +183,8 @@ def serve(
     Every flag can also be set as a KAKEHASHI_<NAME> environment variable or in the --config
     file; flags win over the environment, which wins over the file.
     """
-    import uvicorn
-
     from kakehashi.api.app import create_app, default_backends
+    from kakehashi.api.server import serve as serve_app
     from kakehashi.backends.local import default_model_id
 
     console = Console(stderr=True)
@@ -187,6 +208,10 @@ def serve(
             "cpu_kernels": cpu_kernels,
             "embeddings": embeddings,
             "embedding_model": embedding_model,
+            "max_body_size": max_body_size,
+            "allowed_hosts": allowed_host,
+            "cors_origins": cors_origin,
+            "drain_timeout": drain_timeout,
             "now": now,
         },
         config,
@@ -202,6 +227,11 @@ def serve(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
             "anyone who can reach this server can use it."
         )
+        if not settings.allowed_hosts:
+            console.print(
+                "It answers only requests addressed to localhost, 127.0.0.1 or [::1]; "
+                "name others with --allowed-host."
+            )
     log_to_stderr(log_level)
     application = build_or_exit(
         console, lambda: create_app(settings, backends=default_backends(settings, checkpoint))
@@ -221,4 +251,10 @@ def serve(
         lines.append(f"lifecycle clock fixed at [bold]{settings.now.isoformat()}[/]")
     lines.append(f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]")
     console.print(Panel("\n".join(lines), title="kakehashi", border_style="green"))
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+    serve_app(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        drain_timeout=settings.drain_timeout,
+    )

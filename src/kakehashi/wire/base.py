@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class _KeepNull:
@@ -24,9 +30,26 @@ KEEP_NULL = _KeepNull()
 
 
 class RequestModel(BaseModel):
-    """A request body (or part of one): strict types, unknown fields ignored."""
+    """A request body (or part of one): strict types, unknown fields ignored.
+
+    ``null`` means unset: an optional field sent as ``null`` takes its default, as OpenAI (and
+    the openai 0.28 SDK, which sends ``"stop": null``) expect. A required field keeps its
+    ``null``, for its own validator to default or refuse.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            key: value
+            for key, value in data.items()
+            if value is not None or (key in fields and fields[key].is_required())
+        }
 
 
 class WireModel(BaseModel):

@@ -34,6 +34,13 @@ def _message_text(value: Any) -> Any:
         return value
     if not isinstance(value, list):
         raise invalid_type("a string or an array of content parts", value)
+    if not value:
+        raise PydanticCustomError(
+            "too_short",
+            "Invalid '{param}': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.",
+            {"min_length": 1, "actual_length": 0},
+        )
     texts: list[str] = []
     for part in value:
         if not isinstance(part, dict):

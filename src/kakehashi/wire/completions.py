@@ -43,7 +43,10 @@ def _is_token_ids(value: Any) -> bool:
 
 
 def _prompts(value: Any) -> list[Prompt]:
-    """Normalize every accepted ``prompt`` form to a list of prompts."""
+    """Normalize every accepted ``prompt`` form to a list of prompts; ``null`` is OpenAI's
+    default, an empty prompt (the model starts from its start-of-text token)."""
+    if value is None:
+        return [""]
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not value:
