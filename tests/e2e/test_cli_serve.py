@@ -26,7 +26,7 @@ def test_a_directory_that_is_not_a_model_is_a_clean_error(
         timeout=120,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    assert result.returncode == 2, output
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, output

@@ -21,6 +21,7 @@ from kakehashi.engine.models.base import ModelConfig
 from kakehashi.engine.models.gguf_file import GGUFFile
 from kakehashi.engine.models.hf_dir import HFCheckpoint
 from kakehashi.engine.models.registry import UnsupportedModelError
+from kakehashi.engine.models.sources import ModelSourceError
 from kakehashi.engine.tokenizer import Tokenizer
 
 
@@ -128,4 +129,9 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
         found = gguf_in(path)
         if found is not None:
             return GGUFCheckpoint(found)
+        raise ModelSourceError(
+            f"{path} is a directory without config.json or a .gguf file, so not a model "
+            "directory; pass a GGUF file, or a directory holding config.json, *.safetensors "
+            "and the tokenizer files"
+        )
     return HFCheckpoint(path)
