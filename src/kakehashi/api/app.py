@@ -8,21 +8,29 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from kakehashi.api import chat, completions, edits, embeddings, health, models
-from kakehashi.api.deps import RequestIdMiddleware, require_api_key
+from kakehashi.api.deps import RequestIdMiddleware, request_context
 from kakehashi.api.errors import install_error_handlers
-from kakehashi.backends.base import AnyBackend
+from kakehashi.backends.base import Backend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
+from kakehashi.gateway.access import settings_key_store
 from kakehashi.gateway.builtin import builtin_specs
-from kakehashi.gateway.catalog import Catalog
+from kakehashi.gateway.catalog import Catalog, UpstreamRoutes
+from kakehashi.gateway.context import KeyStore, Limiter, UsageSink
+from kakehashi.gateway.fallback import RetryPolicy
 from kakehashi.gateway.lifecycle import Clock, fixed_clock, system_clock
+from kakehashi.gateway.routing import Router
 from kakehashi.gateway.service import GatewayService
+from kakehashi.gateway.usage import JsonlUsageSink
 from kakehashi.settings import Settings
 
 
-def default_backends(settings: Settings) -> list[AnyBackend]:
-    """The local language model, and the embedding model unless disabled or not installed."""
-    backends: list[AnyBackend] = [LocalBackend.from_settings(settings)]
+def default_backends(settings: Settings) -> list[Backend]:
+    """The local language model (unless disabled), and the embedding model unless disabled or
+    not installed."""
+    backends: list[Backend] = []
+    if settings.local_model:
+        backends.append(LocalBackend.from_settings(settings))
     embedder = LocalEmbeddingBackend.from_settings(settings)
     if embedder is not None:
         backends.append(embedder)
@@ -30,38 +38,68 @@ def default_backends(settings: Settings) -> list[AnyBackend]:
 
 
 def build_service(
-    settings: Settings, backends: Sequence[AnyBackend], *, clock: Clock | None = None
+    settings: Settings,
+    backends: Sequence[Backend],
+    *,
+    upstreams: Sequence[UpstreamRoutes] = (),
+    clock: Clock | None = None,
+    limiter: Limiter | None = None,
+    usage: UsageSink | None = None,
 ) -> GatewayService:
-    """The gateway over ``backends``: their models, the built-in migration table (unless
-    disabled) and the configured ``[[models]]``, on ``clock`` (default: ``settings.now`` if
-    set, else the real date)."""
+    """The gateway over ``backends`` and ``upstreams``: their models, the built-in migration
+    table (unless disabled) and the configured ``[[models]]``, on ``clock`` (default:
+    ``settings.now`` if set, else the real date), with the ``[gateway]`` settings' retries and
+    circuit breakers."""
     catalog = Catalog.from_backends(
         backends,
         settings.models,
         builtin=builtin_specs() if settings.builtin_catalog else (),
+        upstreams=upstreams,
         tiers=settings.tiers,
     )
     if clock is None:
         clock = fixed_clock(settings.now) if settings.now is not None else system_clock
-    return GatewayService(catalog, max_n=settings.max_n, clock=clock)
+    policy = settings.gateway
+    return GatewayService(
+        catalog,
+        max_n=settings.max_n,
+        clock=clock,
+        limiter=limiter,
+        usage=usage,
+        router=Router(failures=policy.breaker_failures, cooldown=policy.breaker_cooldown),
+        retry=RetryPolicy(
+            max_retries=policy.max_retries,
+            backoff=policy.retry_backoff,
+            backoff_max=policy.retry_backoff_max,
+            max_retry_after=policy.max_retry_after,
+        ),
+    )
 
 
 def create_app(
     settings: Settings,
     *,
-    backend: AnyBackend | None = None,
-    backends: Sequence[AnyBackend] | None = None,
+    backend: Backend | None = None,
+    backends: Sequence[Backend] | None = None,
     clock: Clock | None = None,
+    key_store: KeyStore | None = None,
+    limiter: Limiter | None = None,
+    usage: UsageSink | None = None,
 ) -> FastAPI:
     """The kakehashi ASGI app.
 
     ``backends`` default to :func:`default_backends` (``backend`` alone replaces them with that
     one); they are started when the app starts and stopped when it stops. ``clock`` says what
-    day it is for model lifecycles.
+    day it is for model lifecycles. ``key_store`` (default: the settings' keys), ``limiter``
+    (default: none) and ``usage`` (default: the ``usage_log`` file if set, else memory) are the
+    platform's seams.
     """
     if backends is None:
         backends = [backend] if backend is not None else default_backends(settings)
-    service = build_service(settings, backends, clock=clock)
+    usage_log = JsonlUsageSink(settings.usage_log) if usage is None and settings.usage_log else None
+    service = build_service(
+        settings, backends, clock=clock, limiter=limiter, usage=usage or usage_log
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +108,8 @@ def create_app(
             yield
         finally:
             await service.stop()
+            if usage_log is not None:
+                usage_log.close()
 
     app = FastAPI(
         title="kakehashi",
@@ -78,9 +118,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.key_store = key_store or settings_key_store(settings)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Depends(request_context)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").
     for module in (chat, completions, embeddings, edits, models):

@@ -49,8 +49,9 @@ _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 def error_response(error: KakehashiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The HTTP response for ``error``."""
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+    """The HTTP response for ``error`` (with the headers it carries, then ``headers``)."""
+    merged = {**error.headers, **(headers or {})}
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=merged)
 
 
 def _param(loc: Sequence[Any], ctx: Mapping[str, Any]) -> str:

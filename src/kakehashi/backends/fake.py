@@ -28,8 +28,8 @@ class FakeTokenizer:
     BOS = 257
     _SPECIAL_TEXT: ClassVar[dict[int, bytes]] = {EOS: b"<|endoftext|>", BOS: b"<|begin|>"}
 
-    vocab_size = 258
-    eos_token_ids = (EOS,)
+    vocab_size: int = 258
+    eos_token_ids: tuple[int, ...] = (EOS,)
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """The UTF-8 bytes of ``text`` (after a begin token if asked for special tokens)."""

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
-from kakehashi.backends.base import ServedModel, not_loaded, served_as
+from kakehashi.backends.base import (
+    Call,
+    ChatStream,
+    CompletionStream,
+    ServedModel,
+    StreamUsage,
+    not_loaded,
+    served_as,
+    unsupported,
+)
 from kakehashi.backends.choices import Choice, Job, Run, legacy_choice, new_job, usage
+from kakehashi.backends.local_features import refuse_unsupported_chat
 from kakehashi.backends.logprobs import chat_logprobs
 from kakehashi.backends.model import (
     EngineLike,
@@ -34,6 +44,7 @@ from kakehashi.backends.prompting import (
     sampling_params,
 )
 from kakehashi.backends.streams import merge
+from kakehashi.capabilities import Capability
 from kakehashi.engine.params import FinishReason, GenerationChunk
 from kakehashi.errors import InvalidRequestError, KakehashiError, ServiceUnavailableError
 from kakehashi.settings import Settings
@@ -49,6 +60,7 @@ from kakehashi.wire.chat import (
     ChatTokenLogprob,
 )
 from kakehashi.wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
 
 __all__ = [
     "EngineLike",
@@ -84,6 +96,11 @@ class LocalBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def name(self) -> str:
+        """``local``."""
+        return "local"
+
     def served_models(self) -> Sequence[ServedModel]:
         """The public ids of the model."""
         return self._served
@@ -110,12 +127,12 @@ class LocalBackend:
 
     # -- chat completions --------------------------------------------------------------------
 
-    async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
         """A whole chat completion."""
         job = self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
         tokens: list[list[ChatTokenLogprob]] = [[] for _ in choices]
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with contextlib.aclosing(self._generate(job.runs, call)) as events:
             async for index, chunk in events:
                 choices[index].absorb(chunk)
                 if request.logprobs:
@@ -136,13 +153,11 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_chat_completion(
-        self, request: ChatCompletionRequest
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream_chat(self, request: ChatCompletionRequest, call: Call) -> ChatStream:
         """A chat completion as stream chunks; validation happens before the first one."""
         job = self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
-        header = self._stream_header(job, request)
+        header = self._header(job, request)
 
         def chunk_of(*choice: ChatChunkChoice) -> ChatCompletionChunk:
             return ChatCompletionChunk(**header, choices=list(choice))
@@ -151,7 +166,7 @@ class LocalBackend:
             yield chunk_of(
                 ChatChunkChoice(index=run.index, delta=ChatDelta(role="assistant", content=""))
             )
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with contextlib.aclosing(self._generate(job.runs, call)) as events:
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -166,8 +181,7 @@ class LocalBackend:
                     yield chunk_of(
                         ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=choice.finish)
                     )
-        if request.include_usage:
-            yield ChatCompletionChunk(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
 
     def _admitted(self, job: Job) -> Job:
         """``job``, once the engine has room to queue it (else a 503 before any answer)."""
@@ -175,6 +189,7 @@ class LocalBackend:
         return job
 
     def _chat_job(self, request: ChatCompletionRequest) -> Job:
+        refuse_unsupported_chat(request)
         model = self.loaded
         tokenizer = model.engine.tokenizer
         prompt = chat_prompt(request, model.chat_template, tokenizer)
@@ -197,11 +212,11 @@ class LocalBackend:
 
     # -- legacy completions -----------------------------------------------------------------
 
-    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+    async def completion(self, request: CompletionRequest, call: Call) -> CompletionResponse:
         """A whole legacy completion (one choice per prompt and ``n``)."""
         job = self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with contextlib.aclosing(self._generate(job.runs, call)) as events:
             async for index, chunk in events:
                 choices[index].absorb(chunk)
         return CompletionResponse(
@@ -218,14 +233,12 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_completion(
-        self, request: CompletionRequest
-    ) -> AsyncIterator[CompletionResponse]:
+    async def stream_completion(self, request: CompletionRequest, call: Call) -> CompletionStream:
         """A legacy completion as stream chunks (each shaped like a whole response)."""
         job = self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        header = self._stream_header(job, request)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        header = self._header(job, request)
+        async with contextlib.aclosing(self._generate(job.runs, call)) as events:
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -243,8 +256,11 @@ class LocalBackend:
                         )
                     ],
                 )
-        if request.include_usage:
-            yield CompletionResponse(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
+
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
+        """A language model does not embed."""
+        raise unsupported(Capability.EMBEDDINGS, request.model)
 
     def _completion_job(self, request: CompletionRequest) -> Job:
         check_legacy_options(request)
@@ -280,23 +296,20 @@ class LocalBackend:
             "system_fingerprint": self.loaded.fingerprint,
         }
 
-    def _stream_header(
-        self, job: Job, request: ChatCompletionRequest | CompletionRequest
-    ) -> dict[str, Any]:
-        """:meth:`_header`, with ``usage: null`` on every chunk but the last when usage is
-        asked for."""
-        header = self._header(job, request)
-        if request.include_usage:
-            header["usage"] = None
-        return header
-
-    async def _generate(self, runs: list[Run]) -> AsyncIterator[tuple[int, GenerationChunk]]:
-        """Run every choice on the engine at once; yields ``(choice index, chunk)``."""
+    async def _generate(
+        self, runs: list[Run], call: Call
+    ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+        """Run every choice on the engine at once; yields ``(choice index, chunk)`` and keeps
+        ``call``'s token counts up to date."""
         engine = self.loaded.engine
         streams = [engine.generate(r.request_id, r.prompt.ids, r.params) for r in runs]
+        call.prompt_tokens = sum({r.prompt_index: len(r.prompt.ids) for r in runs}.values())
+        done = [0] * len(runs)
         try:
             async with contextlib.aclosing(merge(streams)) as merged:
                 async for index, chunk in merged:
+                    call.completion_tokens += chunk.completion_tokens - done[index]
+                    done[index] = chunk.completion_tokens
                     if chunk.finish_reason is FinishReason.ABORT:
                         raise ServiceUnavailableError(
                             "The request was aborted because the server is shutting down."

@@ -15,6 +15,7 @@ from datetime import date
 from importlib import resources
 from typing import Any, Literal
 
+from kakehashi.capabilities import Capability
 from kakehashi.settings import ModelSpec
 
 MIGRATION_TABLE = "openai_2024_01_04.toml"
@@ -64,7 +65,7 @@ def _spec(row: Migration) -> ModelSpec:
     return ModelSpec(
         id=row.model,
         owned_by="openai",
-        capabilities=(row.endpoint,),
+        capabilities=(Capability(row.endpoint),),
         input_price=price,
         output_price=price if row.endpoint != "embeddings" else None,
         deprecated_on=row.announced_on,
