@@ -26,7 +26,14 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["RunningProcess", "ServerProcess", "free_port", "run_process", "run_server"]
+__all__ = [
+    "RunningProcess",
+    "ServerProcess",
+    "free_port",
+    "run_fake_upstream",
+    "run_process",
+    "run_server",
+]
 
 _STOP_GRACE_SECONDS = 15.0
 _OUTPUT_TAIL_CHARS = 8000
@@ -220,3 +227,18 @@ def run_server(
             model=served_model_name,
             api_key=api_keys[0] if api_keys else None,
         )
+
+
+FAKE_UPSTREAM = Path(__file__).with_name("fake_upstream.py")
+
+
+@contextlib.contextmanager
+def run_fake_upstream(
+    name: str, *, chunks: int = 8, delay: float = 0.0
+) -> Iterator[RunningProcess]:
+    """Run the fault-injecting OpenAI-compatible server (``fake_upstream.py``) on a free port."""
+    port = free_port()
+    argv = [sys.executable, str(FAKE_UPSTREAM), "--port", str(port), "--name", name]
+    argv += ["--chunks", str(chunks), "--delay", str(delay)]
+    with run_process(argv, port=port, startup_timeout=30) as running:
+        yield running

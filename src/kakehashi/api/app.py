@@ -13,6 +13,7 @@ from kakehashi.api.errors import install_error_handlers
 from kakehashi.backends.base import Backend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
+from kakehashi.backends.upstream import configured_upstreams, upstream_backends
 from kakehashi.gateway.access import settings_key_store
 from kakehashi.gateway.builtin import builtin_specs
 from kakehashi.gateway.catalog import Catalog, UpstreamRoutes
@@ -81,6 +82,7 @@ def create_app(
     *,
     backend: Backend | None = None,
     backends: Sequence[Backend] | None = None,
+    upstreams: Sequence[UpstreamRoutes] | None = None,
     clock: Clock | None = None,
     key_store: KeyStore | None = None,
     limiter: Limiter | None = None,
@@ -89,16 +91,28 @@ def create_app(
     """The kakehashi ASGI app.
 
     ``backends`` default to :func:`default_backends` (``backend`` alone replaces them with that
-    one); they are started when the app starts and stopped when it stops. ``clock`` says what
+    one); ``upstreams`` default to the ``[[upstreams]]`` (and OpenAI for its ids when
+    ``OPENAI_API_KEY`` is set). They are started when the app starts and stopped when it stops.
+    ``clock`` says what
     day it is for model lifecycles. ``key_store`` (default: the settings' keys), ``limiter``
     (default: none) and ``usage`` (default: the ``usage_log`` file if set, else memory) are the
     platform's seams.
     """
     if backends is None:
         backends = [backend] if backend is not None else default_backends(settings)
+    if upstreams is None:
+        specs = configured_upstreams(
+            settings.upstreams, passthrough=settings.gateway.openai_passthrough
+        )
+        upstreams = upstream_backends(specs)
     usage_log = JsonlUsageSink(settings.usage_log) if usage is None and settings.usage_log else None
     service = build_service(
-        settings, backends, clock=clock, limiter=limiter, usage=usage or usage_log
+        settings,
+        backends,
+        upstreams=upstreams,
+        clock=clock,
+        limiter=limiter,
+        usage=usage or usage_log,
     )
 
     @asynccontextmanager

@@ -126,6 +126,14 @@ def serve(
             help="Sentence-transformers model directory (default: the packaged all-MiniLM-L6-v2)."
         ),
     ] = None,
+    local_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-model/--no-local-model",
+            help="Serve a local language model (default: yes); without one, kakehashi is a "
+            "gateway to its [[upstreams]].",
+        ),
+    ] = None,
     config: ConfigOption = None,
     now: NowOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -161,14 +169,18 @@ def serve(
             "cpu_kernels": cpu_kernels,
             "embeddings": embeddings,
             "embedding_model": embedding_model,
+            "local_model": local_model,
             "now": now,
         },
         config,
     )
-    model_id = default_model_id(settings)
-    _check_device(settings, console)
-    model_dir = _resolve_model(settings, console)
-    settings = settings.model_copy(update={"model": str(model_dir), "served_model_name": model_id})
+    model_dir: Path | None = None
+    if settings.local_model:
+        model_id = default_model_id(settings)
+        _check_device(settings, console)
+        model_dir = _resolve_model(settings, console)
+        update = {"model": str(model_dir), "served_model_name": model_id}
+        settings = settings.model_copy(update=update)
     if not settings.auth_enabled:
         console.print(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
@@ -179,9 +191,14 @@ def serve(
     service = application.state.service
     lines = []
     for backend in service.catalog.backends():
-        names = ", ".join(m.id for m in backend.served_models())
-        lines.append(f"model: [bold]{names}[/]")
-    lines[0] += f" ({model_dir})"
+        names = ", ".join(m.id for m in backend.served_models()) or "(by glob)"
+        where = f" ({model_dir})" if backend.name == "local" else ""
+        via = (
+            f"upstream {backend.name}: "
+            if backend.name not in ("local", "local-embeddings")
+            else ""
+        )
+        lines.append(f"model: {via}[bold]{names}[/]{where}")
     if settings.now is not None:
         lines.append(f"lifecycle clock fixed at [bold]{settings.now.isoformat()}[/]")
     lines.append(f"OpenAI base URL: [bold]http://{settings.host}:{settings.port}/v1[/]")

@@ -21,6 +21,10 @@ from kakehashi.gateway.catalog import Deployment
 
 Clock = Callable[[], float]
 
+_EARLY = 0.05
+"""Seconds early a timer may wake; a rate-limited deployment is free again this close to its
+time."""
+
 
 class Circuit(enum.Enum):
     """Where a deployment's breaker stands."""
@@ -91,7 +95,7 @@ class Router:
 
     def _available(self, health: Health, now: float) -> bool:
         if health.circuit is Circuit.CLOSED:
-            return now >= health.opened_until
+            return now + _EARLY >= health.opened_until
         if health.circuit is Circuit.OPEN and now >= health.opened_until:
             health.circuit = Circuit.HALF_OPEN
             health.probing = False

@@ -354,12 +354,8 @@ class GatewayService:
             while True:
                 deployment = self.router.pick(entry.deployments, avoid)
                 if deployment is None:
-                    wait = self.router.retry_in(entry.deployments)
-                    last = ServiceUnavailableError(
-                        f"Every deployment of `{entry.id}` is cooling down after failures; "
-                        f"try again in {wait:.0f} s."
-                    )
-                    last.retry_after = wait
+                    if avoid is None:  # not tried at all: say why
+                        last = self._cooling_down(entry)
                     break
                 attempt = self._begin(plan, entry, deployment, streamed)
                 try:
@@ -399,6 +395,15 @@ class GatewayService:
                 break
         assert last is not None
         raise last
+
+    def _cooling_down(self, entry: CatalogEntry) -> ServiceUnavailableError:
+        wait = self.router.retry_in(entry.deployments)
+        error = ServiceUnavailableError(
+            f"Every deployment of `{entry.id}` is cooling down after failures; "
+            f"try again in {max(1, round(wait))} s."
+        )
+        error.retry_after = wait
+        return error
 
     def _begin(
         self, plan: _Plan, entry: CatalogEntry, deployment: Deployment, streamed: bool
