@@ -176,7 +176,12 @@ def server_command(*args: str) -> list[str]:
 def server_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without ``KAKEHASHI_*`` settings, data in ``data_dir``,
     no network access to the Hugging Face hub."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KAKEHASHI_")}
+    # OPENAI_API_KEY would route OpenAI's model ids to OpenAI.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KAKEHASHI_") and key != "OPENAI_API_KEY"
+    }
     env.update(
         KAKEHASHI_DATA_DIR=str(data_dir),
         HF_HUB_OFFLINE="1",
