@@ -310,9 +310,12 @@ class UpstreamBackend:
                 problem = self.preset.body_error(200, _json_or_none(content))
                 raise normalize(problem or read_problem(502, content), response.headers, self.name)
             try:
+                done = False
                 async for data in _sse_data(response.aiter_lines()):
-                    if data == "[DONE]":
-                        break
+                    # Read on past [DONE] to the end of the body, so the connection is reused.
+                    done = done or data == "[DONE]"
+                    if done:
+                        continue
                     chunk = self._chunk(shape, data)
                     if chunk.usage is not None:
                         usage = chunk.usage
