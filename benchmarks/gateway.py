@@ -41,6 +41,8 @@ from support.server import free_port, run_fake_upstream, run_process  # noqa: E4
 
 MODEL = "bench-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+KEY = "sk-bench-5f0c2a9e7d4b4c1f8e3a6b2d9c0e7f14"
+"""Both gateways check this key on every request (LiteLLM refuses to start without one)."""
 TARGET_ADDED_P50_MS = 1.0
 TARGET_LITELLM_RATIO = 15.0
 
@@ -71,7 +73,7 @@ async def _load(base_url: str, concurrency: int, stream: bool, seconds: float) -
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Authorization": "Bearer sk-bench"}
+    headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
         for _ in range(min(concurrency, 8)):  # warm the connections and the code paths
             await _one(client, url, stream)
@@ -116,7 +118,7 @@ def kakehashi_gateway(upstream_url: str, work: Path) -> Iterator[tuple[str, int]
     port = free_port()
     argv = [sys.executable, "-m", "kakehashi.cli.main", "serve", "--no-local-model"]
     argv += ["--no-embeddings", "--config", str(config), "--port", str(port)]
-    argv += ["--log-level", "warning"]
+    argv += ["--log-level", "warning", "--api-key", KEY]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAKEHASHI_")}
     env["KAKEHASHI_DATA_DIR"] = str(work / "data")
     env.pop("OPENAI_API_KEY", None)
@@ -147,6 +149,8 @@ def litellm_proxy(upstream_url: str, work: Path) -> Iterator[tuple[str, int]]:
         f"      model: openai/{MODEL}\n"
         f"      api_base: {upstream_url}/v1\n"
         "      api_key: sk-fake\n"
+        "general_settings:\n"
+        f"  master_key: {KEY}\n"
         "litellm_settings:\n"
         "  telemetry: false\n"
     )
