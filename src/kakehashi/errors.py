@@ -15,30 +15,48 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
     ├── ConflictError                   409
     ├── RateLimitError                  429 code=rate_limit_exceeded
     ├── ServerError                     500
-    └── ServiceUnavailableError         503 (with Retry-After)
+    ├── ServiceUnavailableError         503 (with Retry-After)
+    └── UpstreamError                   an upstream's own status, type and code
+        ├── BadGatewayError             502 code=bad_gateway (unreachable, malformed, refused us)
+        └── GatewayTimeoutError         504 code=timeout
+
+``should_retry`` says whether a client may try the same request again (sent as OpenAI's
+``x-should-retry`` header); ``retry_after`` how long it should wait first (``Retry-After``).
 
 Code raises these; the HTTP layer maps them to responses in exactly one handler.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
 class KakehashiError(Exception):
     """Base class: an error with an OpenAI-style status, type, code and param."""
 
-    status_code: ClassVar[int] = 500
-    error_type: ClassVar[str] = "server_error"
+    status_code: int = 500
+    error_type: str = "server_error"
     default_code: ClassVar[str | None] = None
-    retry_after: ClassVar[int | None] = None
-    """Seconds a client should wait before retrying (the ``Retry-After`` header), if any."""
+    should_retry: bool | None = None
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the error carries: ``x-should-retry`` and ``Retry-After``."""
+        headers: dict[str, str] = {}
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(0, math.ceil(self.retry_after)))
+            headers["retry-after-ms"] = str(max(0, round(self.retry_after * 1000)))
+        return headers
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error envelope for this error."""
@@ -142,4 +160,67 @@ class ServiceUnavailableError(KakehashiError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
-    retry_after = 1
+    retry_after: float | None = 1.0
+
+
+class UpstreamError(KakehashiError):
+    """An upstream provider refused or failed a request; carries the status, type and code the
+    client should see (already normalized to OpenAI's conventions: ``code`` is a string).
+
+    ``retryable`` says whether the gateway may try again (elsewhere or after a pause).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_type: str,
+        code: str,
+        param: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        upstream: str | None = None,
+    ):
+        super().__init__(message, param=param, code=code)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.retryable = retryable
+        self.should_retry = retryable
+        self.retry_after = retry_after
+        self.upstream = upstream
+
+
+class BadGatewayError(UpstreamError):
+    """An upstream could not be reached, answered nonsense, or refused kakehashi's own key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        upstream: str | None = None,
+        code: str = "bad_gateway",
+    ):
+        super().__init__(
+            message,
+            status_code=502,
+            error_type="server_error",
+            code=code,
+            retryable=retryable,
+            upstream=upstream,
+        )
+
+
+class GatewayTimeoutError(UpstreamError):
+    """An upstream did not answer in time."""
+
+    def __init__(self, message: str, *, upstream: str | None = None):
+        super().__init__(
+            message,
+            status_code=504,
+            error_type="server_error",
+            code="timeout",
+            retryable=True,
+            upstream=upstream,
+        )

@@ -33,6 +33,7 @@ import platformdirs
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from kakehashi.capabilities import Capability
 from kakehashi.engine.models.default_model import (
     DEFAULT_INDEX_URL,
     DEFAULT_MODEL_ID,
@@ -42,8 +43,6 @@ from kakehashi.engine.models.default_model import (
 PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
 DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
 CONFIG_ENV = "KAKEHASHI_CONFIG"
-
-Capability = Literal["chat", "completions", "embeddings", "edits"]
 
 
 def default_data_dir() -> Path:
@@ -114,6 +113,11 @@ class ModelSpec(BaseModel):
     dimensions: bool | None = Field(
         default=None, description="Whether `dimensions` may shorten this embedding model's output."
     )
+    fallbacks: tuple[str, ...] | None = Field(
+        default=None,
+        description="Public ids tried in order when this model fails, its context is too short "
+        "or it is rate limited.",
+    )
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> ModelSpec:
@@ -122,6 +126,81 @@ class ModelSpec(BaseModel):
         if self.stable_since is not None and self.stable_alias is None:
             raise ValueError(f"{self.id}: stable_since needs a stable_alias")
         return self
+
+
+Provider = Literal[
+    "openai-compatible",
+    "openai",
+    "gemini",
+    "xai",
+    "plamo",
+    "lmstudio",
+    "llama-server",
+    "ollama",
+    "vllm",
+]
+"""The provider presets: each knows its provider's quirks (see ``backends/presets``)."""
+
+
+class UpstreamTimeouts(BaseModel):
+    """Seconds to wait for an upstream: to connect, between bytes read (a stream's pauses, or
+    a whole answer's wait), to send, and for a free pooled connection."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=300.0, gt=0)
+    write: float = Field(default=30.0, gt=0)
+    pool: float = Field(default=60.0, gt=0)
+
+
+class UpstreamSpec(BaseModel):
+    """An OpenAI-compatible server kakehashi forwards requests to (``[[upstreams]]``).
+
+    ``models`` are public ids or globs (``lab-*``) it serves; ``rename`` maps a public id to the
+    id the upstream knows it by. ``drop_params`` names request parameters the provider cannot
+    honour that may be left out silently (``true``: all of them) rather than refused with 400.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    base_url: str | None = Field(default=None, description="Default: the provider's own URL.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the key (default: the provider's)."
+    )
+    models: tuple[str, ...] = Field(min_length=1)
+    provider: Provider = "openai-compatible"
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    max_concurrency: int = Field(default=128, ge=1, description="Connections to the upstream.")
+    rename: dict[str, str] = Field(default_factory=dict)
+    drop_params: bool | tuple[str, ...] = ()
+    http2: bool = Field(default=True, description="Use HTTP/2 where the upstream offers it.")
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway retries, falls back and cools down failing deployments (``[gateway]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(default=2, ge=0, description="Retries per model before falling back.")
+    retry_backoff: float = Field(default=0.25, ge=0, description="First backoff, in seconds.")
+    retry_backoff_max: float = Field(default=8.0, ge=0)
+    max_retry_after: float = Field(
+        default=20.0, ge=0, description="Longest Retry-After honoured; longer ones fall back."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that cool a deployment down."
+    )
+    breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds of the cool-down.")
+    request_timeout: float = Field(
+        default=600.0, gt=0, description="Longest a request may take, all attempts together."
+    )
+    openai_passthrough: bool = Field(
+        default=True,
+        description="With OPENAI_API_KEY set and no `openai` upstream configured, route "
+        "OpenAI's model ids to OpenAI.",
+    )
 
 
 class Settings(BaseSettings):
@@ -180,6 +259,16 @@ class Settings(BaseSettings):
     now: date | None = Field(
         default=None,
         description="Pretend today is this date (UTC) for model lifecycles; for tests and drills.",
+    )
+
+    # Upstreams and the gateway
+    local_model: bool = Field(
+        default=True, description="Serve a local language model (off: a gateway to upstreams)."
+    )
+    upstreams: list[UpstreamSpec] = Field(default_factory=list)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    usage_log: Path | None = Field(
+        default=None, description="Append one JSON line per backend attempt to this file."
     )
 
     # Where and how to listen
@@ -246,6 +335,14 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> Settings:
+        names = [u.name for u in self.upstreams]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"upstream name(s) {twice} used twice")
+        return self
 
     @model_validator(mode="after")
     def _known_tiers(self) -> Settings:

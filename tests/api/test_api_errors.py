@@ -195,7 +195,7 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 def test_unexpected_exception_is_a_500_envelope() -> None:
     class BrokenBackend(FakeBackend):
-        async def chat_completion(self, request: Any) -> Any:
+        async def chat(self, request: Any, call: Any) -> Any:
             raise RuntimeError("boom")
 
     with make_client(BrokenBackend()) as client:

@@ -14,6 +14,7 @@ import sys
 
 from kakehashi.api.app import create_app
 from kakehashi.api.server import serve
+from kakehashi.backends.base import Call
 from kakehashi.backends.fake import FakeBackend
 from kakehashi.settings import Settings
 from kakehashi.wire.chat import ChatCompletionRequest, ChatCompletionResponse
@@ -22,12 +23,12 @@ EXPLODE = "explode"
 
 
 class ExplodingBackend(FakeBackend):
-    """The FakeBackend, but ``chat_completion`` of :data:`EXPLODE` raises RuntimeError."""
+    """The FakeBackend, but ``chat`` of :data:`EXPLODE` raises RuntimeError."""
 
-    async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
         if request.messages[-1].content == EXPLODE:
             raise RuntimeError("an unexpected failure, as a bug would raise")
-        return await super().chat_completion(request)
+        return await super().chat(request, call)
 
 
 def main(port: int) -> None:

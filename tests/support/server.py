@@ -26,7 +26,14 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["RunningProcess", "ServerProcess", "free_port", "run_process", "run_server"]
+__all__ = [
+    "RunningProcess",
+    "ServerProcess",
+    "free_port",
+    "run_fake_upstream",
+    "run_process",
+    "run_server",
+]
 
 _STOP_GRACE_SECONDS = 15.0
 _OUTPUT_TAIL_CHARS = 8000
@@ -172,7 +179,12 @@ def server_command(*args: str) -> list[str]:
 def server_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without ``KAKEHASHI_*`` settings, data in ``data_dir``,
     no network access to the Hugging Face hub."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KAKEHASHI_")}
+    # OPENAI_API_KEY would route OpenAI's model ids to OpenAI.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KAKEHASHI_") and key != "OPENAI_API_KEY"
+    }
     env.update(
         KAKEHASHI_DATA_DIR=str(data_dir),
         HF_HUB_OFFLINE="1",
@@ -226,3 +238,18 @@ def run_server(
             model=served_model_name,
             api_key=api_keys[0] if api_keys else None,
         )
+
+
+FAKE_UPSTREAM = Path(__file__).with_name("fake_upstream.py")
+
+
+@contextlib.contextmanager
+def run_fake_upstream(
+    name: str, *, chunks: int = 8, delay: float = 0.0
+) -> Iterator[RunningProcess]:
+    """Run the fault-injecting OpenAI-compatible server (``fake_upstream.py``) on a free port."""
+    port = free_port()
+    argv = [sys.executable, str(FAKE_UPSTREAM), "--port", str(port), "--name", name]
+    argv += ["--chunks", str(chunks), "--delay", str(delay)]
+    with run_process(argv, port=port, startup_timeout=30) as running:
+        yield running

@@ -10,27 +10,35 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from kakehashi.api import chat, completions, edits, embeddings, health, models
-from kakehashi.api.deps import RequestIdMiddleware, require_api_key
+from kakehashi.api.deps import RequestIdMiddleware, request_context
 from kakehashi.api.drain import Drain, DrainMiddleware
 from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
 from kakehashi.api.guards import BodyLimitMiddleware, HostGuardMiddleware
-from kakehashi.backends.base import AnyBackend
+from kakehashi.backends.base import Backend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
+from kakehashi.backends.upstream import configured_upstreams, upstream_backends
+from kakehashi.gateway.access import settings_key_store
 from kakehashi.gateway.builtin import builtin_specs, openai_name_specs
-from kakehashi.gateway.catalog import Catalog
+from kakehashi.gateway.catalog import Catalog, UpstreamRoutes
+from kakehashi.gateway.context import KeyStore, Limiter, UsageSink
+from kakehashi.gateway.fallback import RetryPolicy
 from kakehashi.gateway.lifecycle import Clock, fixed_clock, system_clock
+from kakehashi.gateway.routing import Router
 from kakehashi.gateway.service import GatewayService
+from kakehashi.gateway.usage import JsonlUsageSink
 from kakehashi.settings import Settings
 
 if TYPE_CHECKING:
     from kakehashi.engine.models.checkpoint import Checkpoint
 
 
-def default_backends(settings: Settings, checkpoint: Checkpoint | None = None) -> list[AnyBackend]:
-    """The local language model (from ``checkpoint`` if its files are already open), and the
-    embedding model unless disabled or not installed."""
-    backends: list[AnyBackend] = [LocalBackend.from_settings(settings, checkpoint)]
+def default_backends(settings: Settings, checkpoint: Checkpoint | None = None) -> list[Backend]:
+    """The local language model (unless disabled; from ``checkpoint`` if its files are
+    already open), and the embedding model unless disabled or not installed."""
+    backends: list[Backend] = []
+    if settings.local_model:
+        backends.append(LocalBackend.from_settings(settings, checkpoint))
     embedder = LocalEmbeddingBackend.from_settings(settings)
     if embedder is not None:
         backends.append(embedder)
@@ -38,21 +46,43 @@ def default_backends(settings: Settings, checkpoint: Checkpoint | None = None) -
 
 
 def build_service(
-    settings: Settings, backends: Sequence[AnyBackend], *, clock: Clock | None = None
+    settings: Settings,
+    backends: Sequence[Backend],
+    *,
+    upstreams: Sequence[UpstreamRoutes] = (),
+    clock: Clock | None = None,
+    limiter: Limiter | None = None,
+    usage: UsageSink | None = None,
 ) -> GatewayService:
-    """The gateway over ``backends``: their models, the built-in catalog (the migration
-    table and OpenAI's model names; unless disabled) and the configured ``[[models]]``, on
-    ``clock`` (default: ``settings.now`` if set, else the real date)."""
+    """The gateway over ``backends`` and ``upstreams``: their models, the built-in catalog
+    (the migration table and OpenAI's model names; unless disabled) and the configured
+    ``[[models]]``, on ``clock`` (default: ``settings.now`` if set, else the real date), with
+    the ``[gateway]`` settings' retries and circuit breakers."""
     builtin = [*builtin_specs(), *openai_name_specs(settings.models)]
     catalog = Catalog.from_backends(
         backends,
         settings.models,
         builtin=builtin if settings.builtin_catalog else (),
+        upstreams=upstreams,
         tiers=settings.tiers,
     )
     if clock is None:
         clock = fixed_clock(settings.now) if settings.now is not None else system_clock
-    return GatewayService(catalog, max_n=settings.max_n, clock=clock)
+    policy = settings.gateway
+    return GatewayService(
+        catalog,
+        max_n=settings.max_n,
+        clock=clock,
+        limiter=limiter,
+        usage=usage,
+        router=Router(failures=policy.breaker_failures, cooldown=policy.breaker_cooldown),
+        retry=RetryPolicy(
+            max_retries=policy.max_retries,
+            backoff=policy.retry_backoff,
+            backoff_max=policy.retry_backoff_max,
+            max_retry_after=policy.max_retry_after,
+        ),
+    )
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
@@ -80,19 +110,40 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 def create_app(
     settings: Settings,
     *,
-    backend: AnyBackend | None = None,
-    backends: Sequence[AnyBackend] | None = None,
+    backend: Backend | None = None,
+    backends: Sequence[Backend] | None = None,
+    upstreams: Sequence[UpstreamRoutes] | None = None,
     clock: Clock | None = None,
+    key_store: KeyStore | None = None,
+    limiter: Limiter | None = None,
+    usage: UsageSink | None = None,
 ) -> FastAPI:
     """The kakehashi ASGI app.
 
     ``backends`` default to :func:`default_backends` (``backend`` alone replaces them with that
-    one); they are started when the app starts and stopped when it stops. ``clock`` says what
-    day it is for model lifecycles.
+    one); ``upstreams`` default to the ``[[upstreams]]`` (and OpenAI for its ids when
+    ``OPENAI_API_KEY`` is set). They are started when the app starts and stopped when it stops.
+    ``clock`` says what
+    day it is for model lifecycles. ``key_store`` (default: the settings' keys), ``limiter``
+    (default: none) and ``usage`` (default: the ``usage_log`` file if set, else memory) are the
+    platform's seams.
     """
     if backends is None:
         backends = [backend] if backend is not None else default_backends(settings)
-    service = build_service(settings, backends, clock=clock)
+    if upstreams is None:
+        specs = configured_upstreams(
+            settings.upstreams, passthrough=settings.gateway.openai_passthrough
+        )
+        upstreams = upstream_backends(specs)
+    usage_log = JsonlUsageSink(settings.usage_log) if usage is None and settings.usage_log else None
+    service = build_service(
+        settings,
+        backends,
+        upstreams=upstreams,
+        clock=clock,
+        limiter=limiter,
+        usage=usage or usage_log,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +152,8 @@ def create_app(
             yield
         finally:
             await service.stop()
+            if usage_log is not None:
+                usage_log.close()
 
     # On a keyed server the API description is not public: no /docs, /redoc, /openapi.json.
     docs = not settings.auth_enabled
@@ -114,10 +167,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.key_store = key_store or settings_key_store(settings)
     app.state.drain = Drain()
     install_error_handlers(app)
     install_middleware(app, settings)
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Depends(request_context)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").
     for module in (chat, completions, embeddings, edits, models):

@@ -1,8 +1,9 @@
-"""Per-request plumbing: the service, API-key auth, JSON bodies, request ids and timing."""
+"""Per-request plumbing: the service, the request context (API-key auth, request id,
+deadline), JSON bodies, request ids and timing."""
 
 from __future__ import annotations
 
-import hmac
+import math
 import time
 import uuid
 from typing import Annotated, Any, TypeVar
@@ -14,9 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kakehashi.api.body import decode_json, require_json_media_type
 from kakehashi.api.errors import invalid_request
 from kakehashi.errors import AuthenticationError
-from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
+from kakehashi.gateway.context import OPEN_ACCESS, KeyStore, RequestContext
 from kakehashi.gateway.service import GatewayService
-from kakehashi.settings import KeySpec, Settings
+from kakehashi.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,29 +45,49 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}***{key[-2:]}" if len(key) > 8 else "***"
 
 
-async def require_api_key(request: Request) -> Caller:
-    """When keys are configured, demand ``Authorization: Bearer <one of them>``; the caller
-    that key stands for (anonymous and unrestricted on an open server)."""
-    settings = get_settings(request)
-    if not settings.auth_enabled:
-        return ANONYMOUS
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
-        raise AuthenticationError(MISSING_KEY_MESSAGE)
-    # Compare against every key, so timing does not reveal which prefix matched.
-    found: KeySpec | None = None
-    for spec in settings.all_keys():
-        if hmac.compare_digest(key.encode(), spec.key.encode()) and found is None:
-            found = spec
-    if found is None:
-        raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
-    return caller_for(found)
+def get_key_store(request: Request) -> KeyStore:
+    """The app's key store."""
+    return request.app.state.key_store
 
 
-CallerDep = Annotated[Caller, Depends(require_api_key)]
-"""The authenticated caller (computed once per request, shared with the router's check)."""
+def _deadline(request: Request, limit: float) -> float:
+    """When the request should be given up: the server's limit, or sooner if the client says
+    it waits less (the official SDKs send their timeout as ``X-Stainless-Timeout``)."""
+    seconds = limit
+    given = request.headers.get("x-stainless-timeout")
+    if given:
+        try:
+            client_timeout = float(given)
+        except ValueError:
+            client_timeout = math.nan
+        if math.isfinite(client_timeout) and client_timeout > 0:
+            seconds = min(seconds, client_timeout)
+    return time.monotonic() + seconds
+
+
+async def request_context(request: Request) -> RequestContext:
+    """Who is calling, the request id and the deadline. When the key store requires keys,
+    demand ``Authorization: Bearer <a key it knows>``; an open server serves everyone as
+    :data:`OPEN_ACCESS`."""
+    store = get_key_store(request)
+    principal = OPEN_ACCESS
+    if store.auth_required:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationError(MISSING_KEY_MESSAGE)
+        found = await store.authenticate(key)
+        if found is None:
+            raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
+        principal = found
+    request_id = getattr(request.state, "request_id", None) or f"req_{uuid.uuid4().hex}"
+    limit = get_settings(request).gateway.request_timeout
+    return RequestContext(principal, request_id, deadline=_deadline(request, limit))
+
+
+ContextDep = Annotated[RequestContext, Depends(request_context)]
+"""The request's context (computed once per request, shared with the router's auth check)."""
 
 
 async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
@@ -101,6 +122,7 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         incoming = dict(scope.get("headers") or []).get(b"x-request-id")
         request_id = incoming or f"req_{uuid.uuid4().hex}".encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

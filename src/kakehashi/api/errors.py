@@ -58,11 +58,9 @@ _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 def error_response(error: KakehashiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The HTTP response for ``error`` (with ``Retry-After`` where the error says when)."""
-    all_headers = dict(headers or {})
-    if error.retry_after is not None:
-        all_headers.setdefault("Retry-After", str(error.retry_after))
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=all_headers)
+    """The HTTP response for ``error`` (with the headers it carries, then ``headers``)."""
+    merged = {**error.headers, **(headers or {})}
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=merged)
 
 
 class ThrottledWarnings:

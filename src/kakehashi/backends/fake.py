@@ -28,7 +28,7 @@ class FakeTokenizer:
     BOS = 257
     _SPECIAL_TEXT: ClassVar[dict[int, bytes]] = {EOS: b"<|endoftext|>", BOS: b"<|begin|>"}
 
-    vocab_size = 258
+    vocab_size: int = 258
     eos_token_ids: tuple[int, ...] = (EOS,)
     max_token_bytes = len(_SPECIAL_TEXT[EOS])
 

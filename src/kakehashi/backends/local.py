@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kakehashi.backends.base import ServedModel, not_loaded, served_as
+from kakehashi.backends.base import (
+    Call,
+    ChatStream,
+    CompletionStream,
+    ServedModel,
+    StreamUsage,
+    not_loaded,
+    served_as,
+    unsupported,
+)
 from kakehashi.backends.choices import Choice, Job, Run, legacy_choice, new_job, usage
+from kakehashi.backends.local_features import refuse_unsupported_chat
 from kakehashi.backends.logprobs import chat_logprobs
 from kakehashi.backends.model import (
     ChunkStream,
@@ -36,6 +46,7 @@ from kakehashi.backends.prompting import (
     sampling_params,
 )
 from kakehashi.backends.streams import close_all, closing_all, merge
+from kakehashi.capabilities import Capability
 from kakehashi.engine.params import FinishReason, GenerationChunk
 from kakehashi.errors import InvalidRequestError, KakehashiError, ServiceUnavailableError
 from kakehashi.settings import Settings
@@ -51,6 +62,7 @@ from kakehashi.wire.chat import (
     ChatTokenLogprob,
 )
 from kakehashi.wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
 
 if TYPE_CHECKING:
     from kakehashi.engine.models.checkpoint import Checkpoint
@@ -92,6 +104,11 @@ class LocalBackend:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def name(self) -> str:
+        """``local``."""
+        return "local"
+
     def served_models(self) -> Sequence[ServedModel]:
         """The public ids of the model."""
         return self._served
@@ -118,14 +135,14 @@ class LocalBackend:
 
     # -- chat completions --------------------------------------------------------------------
 
-    async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
         """A whole chat completion."""
         job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
         tokens: list[list[ChatTokenLogprob]] = [[] for _ in choices]
         async with (
             closing_all(await self._start(job)) as streams,
-            contextlib.aclosing(self._generate(streams)) as events,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
@@ -147,14 +164,12 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_chat_completion(
-        self, request: ChatCompletionRequest
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream_chat(self, request: ChatCompletionRequest, call: Call) -> ChatStream:
         """A chat completion as stream chunks; validation and admission happen before the
         first one."""
         job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
-        header = self._stream_header(job, request)
+        header = self._header(job, request)
 
         def chunk_of(*choice: ChatChunkChoice) -> ChatCompletionChunk:
             return ChatCompletionChunk(**header, choices=list(choice))
@@ -162,7 +177,7 @@ class LocalBackend:
         # Admitted before the first chunk: an overload is a 503, never a frame of a 200 stream.
         async with (
             closing_all(await self._start(job)) as streams,
-            contextlib.aclosing(self._generate(streams)) as events,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             for run in job.runs:
                 yield chunk_of(
@@ -182,14 +197,14 @@ class LocalBackend:
                     yield chunk_of(
                         ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=choice.finish)
                     )
-        if request.include_usage:
-            yield ChatCompletionChunk(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
 
     async def _chat_job(self, request: ChatCompletionRequest) -> Job:
+        refuse_unsupported_chat(request)
         model = self.loaded
         tokenizer = model.engine.tokenizer
         window = model.engine.max_model_len
-        chars = sum(len(m.content or "") for m in request.messages)
+        chars = sum(len(m.text or "") for m in request.messages)
         check_prompt_chars(chars, tokenizer, window, "messages")
         # Templating and tokenizing take long for long prompts: not on the event loop.
         prompt = await asyncio.to_thread(chat_prompt, request, model.chat_template, tokenizer)
@@ -211,13 +226,13 @@ class LocalBackend:
 
     # -- legacy completions -----------------------------------------------------------------
 
-    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+    async def completion(self, request: CompletionRequest, call: Call) -> CompletionResponse:
         """A whole legacy completion (one choice per prompt and ``n``)."""
         job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
         async with (
             closing_all(await self._start(job)) as streams,
-            contextlib.aclosing(self._generate(streams)) as events,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
@@ -235,16 +250,14 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_completion(
-        self, request: CompletionRequest
-    ) -> AsyncIterator[CompletionResponse]:
+    async def stream_completion(self, request: CompletionRequest, call: Call) -> CompletionStream:
         """A legacy completion as stream chunks (each shaped like a whole response)."""
         job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        header = self._stream_header(job, request)
+        header = self._header(job, request)
         async with (
             closing_all(await self._start(job)) as streams,
-            contextlib.aclosing(self._generate(streams)) as events,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
                 choice = choices[index]
@@ -263,8 +276,11 @@ class LocalBackend:
                         )
                     ],
                 )
-        if request.include_usage:
-            yield CompletionResponse(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
+
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
+        """A language model does not embed."""
+        raise unsupported(Capability.EMBEDDINGS, request.model)
 
     async def _completion_job(self, request: CompletionRequest) -> Job:
         check_legacy_options(request)
@@ -305,16 +321,6 @@ class LocalBackend:
             "system_fingerprint": self.loaded.fingerprint,
         }
 
-    def _stream_header(
-        self, job: Job, request: ChatCompletionRequest | CompletionRequest
-    ) -> dict[str, Any]:
-        """:meth:`_header`, with ``usage: null`` on every chunk but the last when usage is
-        asked for."""
-        header = self._header(job, request)
-        if request.include_usage:
-            header["usage"] = None
-        return header
-
     async def _start(self, job: Job) -> list[ChunkStream]:
         """Admit every choice of ``job`` on the engine now, or none (503 when the running
         slots and the queue are full); the caller closes the streams."""
@@ -333,12 +339,18 @@ class LocalBackend:
         return streams
 
     async def _generate(
-        self, streams: list[ChunkStream]
-    ) -> AsyncIterator[tuple[int, GenerationChunk]]:
-        """Run every choice at once; yields ``(choice index, chunk)``."""
+        self, job: Job, streams: list[ChunkStream], call: Call
+    ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+        """Run every choice at once; yields ``(choice index, chunk)`` and keeps ``call``'s
+        token counts up to date."""
+        runs = job.runs
+        call.prompt_tokens = sum({r.prompt_index: len(r.prompt.ids) for r in runs}.values())
+        done = [0] * len(runs)
         try:
             async with contextlib.aclosing(merge(streams)) as merged:
                 async for index, chunk in merged:
+                    call.completion_tokens += chunk.completion_tokens - done[index]
+                    done[index] = chunk.completion_tokens
                     if chunk.finish_reason is FinishReason.ABORT:
                         raise ServiceUnavailableError(
                             "The request was aborted because the server is shutting down."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ async def closing_all(streams: list[C]) -> AsyncIterator[list[C]]:
         await close_all(streams)
 
 
-async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncGenerator[tuple[int, T], None]:
     """Yield ``(stream index, item)`` from all ``streams`` as items arrive.
 
     The first exception of any stream is raised here. When the consumer stops early (or is
@@ -65,13 +65,13 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int,
     try:
         remaining = len(tasks)
         while remaining:
-            index, item = await queue.get()
-            if item is _END:
+            index, got = await queue.get()
+            if got is _END:
                 remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
+            elif isinstance(got, Exception):
+                raise got
             else:
-                yield index, item  # type: ignore[misc]
+                yield index, got  # type: ignore[misc]
     finally:
         for task in tasks:
             task.cancel()

@@ -59,12 +59,13 @@ def log_to_stderr(level: str) -> None:
 def build_or_exit(console: Console, factory: Callable[[], T]) -> T:
     """``factory()``, turning catalog configuration errors into a message and exit code 1."""
     from kakehashi.backends.embedding import EmbeddingModelNotFoundError
+    from kakehashi.backends.upstream import UpstreamConfigError
     from kakehashi.errors import ConflictError
     from kakehashi.gateway.catalog import CatalogError
 
     try:
         return factory()
-    except (CatalogError, EmbeddingModelNotFoundError) as exc:
+    except (CatalogError, EmbeddingModelNotFoundError, UpstreamConfigError) as exc:
         console.print(f"[red]error:[/] {exc}")
     except ConflictError as exc:
         console.print(f"[red]error:[/] {exc.message}")

@@ -174,6 +174,14 @@ def serve(
             "(default: 30)."
         ),
     ] = None,
+    local_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-model/--no-local-model",
+            help="Serve a local language model (default: yes); without one, kakehashi is a "
+            "gateway to its [[upstreams]].",
+        ),
+    ] = None,
     config: ConfigOption = None,
     now: NowOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -212,16 +220,19 @@ def serve(
             "allowed_hosts": allowed_host,
             "cors_origins": cors_origin,
             "drain_timeout": drain_timeout,
+            "local_model": local_model,
             "now": now,
         },
         config,
     )
-    model_id = default_model_id(settings)
-    _check_device(settings, console)
-    checkpoint = _open_model(settings, console)
-    settings = settings.model_copy(
-        update={"model": str(checkpoint.path), "served_model_name": model_id}
-    )
+    checkpoint: Checkpoint | None = None
+    if settings.local_model:
+        model_id = default_model_id(settings)
+        _check_device(settings, console)
+        checkpoint = _open_model(settings, console)
+        settings = settings.model_copy(
+            update={"model": str(checkpoint.path), "served_model_name": model_id}
+        )
     if not settings.auth_enabled:
         console.print(
             "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
@@ -239,9 +250,14 @@ def serve(
     service = application.state.service
     lines = []
     for backend in service.catalog.backends():
-        names = ", ".join(m.id for m in backend.served_models())
-        lines.append(f"model: [bold]{names}[/]")
-    lines[0] += f" ({checkpoint.path})"
+        names = ", ".join(m.id for m in backend.served_models()) or "(by glob)"
+        where = f" ({checkpoint.path})" if backend.name == "local" and checkpoint else ""
+        via = (
+            f"upstream {backend.name}: "
+            if backend.name not in ("local", "local-embeddings")
+            else ""
+        )
+        lines.append(f"model: {via}[bold]{names}[/]{where}")
     served = [m for b in service.catalog.backends() for m in b.served_models()]
     embeds = any("embeddings" in m.capabilities for m in served)
     embedding_note = _embeddings_line(settings, served=embeds)

@@ -21,6 +21,7 @@ from datetime import date
 from importlib import resources
 from typing import Any, Literal
 
+from kakehashi.capabilities import Capability
 from kakehashi.settings import ModelSpec
 
 MIGRATION_TABLE = "openai_2024_01_04.toml"
@@ -74,7 +75,7 @@ def _spec(row: Migration) -> ModelSpec:
     return ModelSpec(
         id=row.model,
         owned_by="openai",
-        capabilities=(row.endpoint,),
+        capabilities=(Capability(row.endpoint),),
         input_price=price,
         output_price=price if row.endpoint != "embeddings" else None,
         deprecated_on=row.announced_on,
@@ -101,7 +102,7 @@ def openai_name_specs(configured: Iterable[ModelSpec] = ()) -> list[ModelSpec]:
     data = _data(OPENAI_NAMES)
     return [
         ModelSpec(id=name, capabilities=(capability,))
-        for capability in ("chat", "completions")
-        for name in data[capability]
+        for capability in (Capability.CHAT, Capability.COMPLETIONS)
+        for name in data[capability.value]
         if name not in claimed
     ]

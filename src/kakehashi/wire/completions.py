@@ -59,7 +59,7 @@ def _prompts(value: Any) -> list[Prompt]:
         prompts = [list(item) for item in value]
     else:
         raise invalid_type(_PROMPT_TYPES, value)
-    if any(token < 0 for ids in prompts for token in ids):
+    if any(isinstance(ids, list) and min(ids) < 0 for ids in prompts):
         raise PydanticCustomError(
             "invalid_value", "Invalid value for '{param}': token ids must not be negative."
         )

@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kakehashi.backends.base import Call, StreamUsage
 from kakehashi.backends.local import LocalBackend, default_model_id, load_local_model
 from kakehashi.engine.models.tiny import make_tiny_model
 from kakehashi.errors import ContextLengthExceededError, InvalidRequestError
 from kakehashi.settings import Settings
-from kakehashi.wire.chat import ChatCompletionRequest
+from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest
 from kakehashi.wire.completions import CompletionRequest
 from support.openapi import validate
 
@@ -35,13 +36,13 @@ class Runner:
 
     def chat(self, **fields: Any) -> Any:
         body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, **fields}
-        response = self.run(self.backend.chat_completion(ChatCompletionRequest(**body)))
+        response = self.run(self.backend.chat(ChatCompletionRequest(**body), Call("tiny")))
         validate("CreateChatCompletionResponse", response.model_dump(mode="json"))
         return response
 
     def complete(self, **fields: Any) -> Any:
         body = {"model": "tiny", "prompt": "The bridge", "max_tokens": 6, **fields}
-        return self.run(self.backend.completion(CompletionRequest(**body)))
+        return self.run(self.backend.completion(CompletionRequest(**body), Call("tiny")))
 
     def collect(self, stream: Any) -> list[Any]:
         async def gather() -> list[Any]:
@@ -140,13 +141,15 @@ def test_stream_matches_whole_response(tiny: Runner) -> None:
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = tiny.collect(tiny.backend.stream_chat_completion(request))
+    call = Call("tiny")
+    *chunks, end = tiny.collect(tiny.backend.stream_chat(request, call))
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk.model_dump(mode="json"))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert isinstance(end, StreamUsage) and end.usage.completion_tokens == 12
+    assert (call.prompt_tokens, call.completion_tokens) == (end.usage.prompt_tokens, 12)
 
 
 def test_context_length(tiny: Runner) -> None:
@@ -218,9 +221,9 @@ def test_disconnect_aborts_the_engine_request(
     monkeypatch.setattr(engine, "abort", watched_abort)
 
     async def read_a_little() -> None:
-        stream = tiny.backend.stream_chat_completion(request)
+        stream = tiny.backend.stream_chat(request, Call("tiny"))
         async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if isinstance(chunk, ChatCompletionChunk) and chunk.choices[0].delta.content:
                 break
         await stream.aclose()  # type: ignore[attr-defined]
 
