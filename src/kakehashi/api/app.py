@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from kakehashi.api import chat, completions, edits, embeddings, health, models
+from kakehashi.api import chat, completions, edits, embeddings, health, models, tokenize
 from kakehashi.api.deps import RequestIdMiddleware, require_api_key
 from kakehashi.api.errors import install_error_handlers
 from kakehashi.backends.base import AnyBackend
@@ -83,7 +83,7 @@ def create_app(
     authenticated = [Depends(require_api_key)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").
-    for module in (chat, completions, embeddings, edits, models):
+    for module in (chat, completions, embeddings, edits, models, tokenize):
         app.include_router(module.router, dependencies=authenticated)
     app.include_router(health.router)
     return app

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kakehashi.errors import ServiceUnavailableError
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from kakehashi.wire.completions import CompletionRequest, CompletionResponse
 from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+from kakehashi.wire.tokenize import TokenizeRequest
 
 GENERATIVE = frozenset({"chat", "completions", "edits"})
 """What a language model backend can do (edits are answered by a chat completion)."""
@@ -105,4 +106,24 @@ class Backend(Protocol):
 
     def stream_completion(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         """A legacy completion as stream chunks (without the final ``[DONE]``)."""
+        ...
+
+
+@runtime_checkable
+class TokenizingBackend(Protocol):
+    """A backend that holds its model's tokenizer and so counts tokens exactly (an upstream
+    that cannot is answered with an estimate by the gateway)."""
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window in tokens, once known."""
+        ...
+
+    def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """The token ids of the request's prompt, or of its messages as the chat endpoint
+        renders them."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``; raises 400 for ids outside the vocabulary."""
         ...

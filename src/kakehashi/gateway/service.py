@@ -19,6 +19,7 @@ from kakehashi.errors import InvalidRequestError, NotFoundError
 from kakehashi.gateway.access import ANONYMOUS, Caller
 from kakehashi.gateway.catalog import Catalog, CatalogEntry
 from kakehashi.gateway.lifecycle import ENDPOINT_DEPRECATIONS, Clock, Status, system_clock
+from kakehashi.gateway.tokens import ModelTokens, context_window
 from kakehashi.wire.base import RequestModel
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from kakehashi.wire.completions import CompletionRequest, CompletionResponse
@@ -141,9 +142,16 @@ class GatewayService:
         entry = self.catalog.resolve(model_id, caller=caller, today=today)
         shutdown = entry.lifecycle.shutdown_on
         card = ModelCard(id=model_id, created=entry.created, owned_by=entry.owned_by)
+        window = context_window(entry)
+        if window is not None:
+            card.context_window = card.max_model_len = window
         if shutdown is not None and entry.status(today) is Status.DEPRECATED:
             card.shutdown_date = shutdown.isoformat()
         return card
+
+    def tokens(self, model_id: str, caller: Caller = ANONYMOUS) -> ModelTokens:
+        """``/tokenize`` and ``/detokenize`` for ``model_id`` as ``caller`` may use it today."""
+        return ModelTokens(self.catalog.resolve(model_id, caller=caller, today=self.clock()))
 
     # -- chat and completions ----------------------------------------------------------------
 
