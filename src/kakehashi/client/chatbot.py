@@ -31,6 +31,10 @@ logger = logging.getLogger("kakehashi.client")
 Overflow = Literal["drop", "summarize"]
 SAVE_FORMAT = "kakehashi.chat/1"
 DEFAULT_REPLY_RESERVE = 256
+"""Tokens kept free for the reply when ``max_tokens`` is not set (or a quarter of the window)."""
+SUMMARY_TOKENS = 128
+"""The longest summary of dropped turns (or an eighth of the budget, if less)."""
+SUMMARY_MARGIN = 16  # the words that introduce the summary in the system message
 SUMMARY_PROMPT = (
     "Summarize the conversation below in a few sentences. Keep names, facts, numbers and "
     "decisions; write it so that the conversation can go on from the summary alone."
@@ -175,11 +179,13 @@ class Chatbot:
     def messages(self) -> list[Message]:
         """What the next request sends before the new prompt: the system message (with the
         summary of dropped turns, if any) and the kept turns."""
+        return self._head(self.summary) + [dict(m) for m in self._turns]
+
+    def _head(self, summary: str | None) -> list[Message]:
         system = self.system or ""
-        if self.summary:
-            system = f"{system}\n\nSummary of the earlier conversation: {self.summary}".strip()
-        head = [{"role": "system", "content": system}] if system else []
-        return head + [dict(m) for m in self._turns]
+        if summary:
+            system = f"{system}\n\nSummary of the earlier conversation: {summary}".strip()
+        return [{"role": "system", "content": system}] if system else []
 
     @property
     def context_window(self) -> int | None:
@@ -363,36 +369,47 @@ class Chatbot:
         return self.counter.count_messages(messages)
 
     def _fit(self) -> None:
-        """Drop (or summarize) the oldest turns until the history and a reply fit the window."""
+        """Drop (or summarize) the oldest turns until the history and a reply fit the window.
+
+        When summarizing, the turns are fitted to the budget less :data:`SUMMARY_TOKENS` (and
+        a margin for the words that introduce it), which the new summary may then fill.
+        """
         window = self.context_window
         if window is None:
             return
         reserve = self.max_tokens or min(DEFAULT_REPLY_RESERVE, window // 4)
         budget = window - reserve
+        if self._count(self.messages) <= budget:
+            return
         turns = turns_of(self._turns)
         older = len(turns) - 1  # the last turn holds the new prompt and always stays
-        head = self.messages[: len(self.messages) - len(self._turns)]
+        summarize = self.overflow == "summarize"
+        head = self._head(None) if summarize else self._head(self.summary)
+        room = budget - (_summary_room(budget) if summarize else 0)
 
         def measure(k: int) -> int:
             kept = [m for turn in turns[k:] for m in turn]
             return self._count(head + kept)
 
-        dropped = turns_to_drop(measure, older, budget)
-        if dropped is None:
+        dropped = turns_to_drop(measure, older, room)
+        if summarize and dropped == 0 and older:  # only the old summary overflows: refold it
+            dropped = 1
+        if summarize and dropped is None:  # no room for a summary: drop as without one
+            dropped = turns_to_drop(measure, older, budget)
+        if not dropped:
             raise ContextWindowExceeded(
                 f"The prompt does not fit the model's context window of {window} tokens with "
                 f"{reserve} left for the reply, even without earlier turns.",
                 param="messages",
                 code="context_length_exceeded",
             )
-        if dropped:
-            self._drop(dropped, budget=budget, window=window)
+        self._drop(dropped, budget=budget, window=window)
 
     def _drop(self, dropped: int, *, budget: int | None, window: int | None) -> None:
         turns = turns_of(self._turns)
         gone = [m for turn in turns[:dropped] for m in turn]
         self._turns = [m for turn in turns[dropped:] for m in turn]
-        summarized = self.overflow == "summarize" and self._summarize(gone, budget)
+        summarized = self.overflow == "summarize" and self._summarize(gone, budget, window)
         trim = Trim(
             dropped=dropped,
             summarized=summarized,
@@ -406,37 +423,42 @@ class Chatbot:
         else:
             logger.warning("kakehashi.client.Chatbot %s", trim.describe())
 
-    def _summarize(self, gone: list[Message], budget: int | None) -> bool:
-        """Fold ``gone`` (and the previous summary) into :attr:`summary`; False if the summary
-        would not fit, in which case the turns are simply dropped."""
+    def _summarize(self, gone: list[Message], budget: int | None, window: int | None) -> bool:
+        """Fold ``gone`` (and the previous summary) into :attr:`summary`. False when the
+        summary cannot be written or would not fit: then the turns are simply dropped, and
+        the previous summary kept only if it still fits."""
         transcript = "\n".join(f"{m['role']}: {m['content']}" for m in gone)
-        if self.summary:
-            transcript = f"(earlier) {self.summary}\n{transcript}"
+        previous, self.summary = self.summary, None
+        if previous:
+            transcript = f"(earlier) {previous}\n{transcript}"
         request = [
             {"role": "system", "content": SUMMARY_PROMPT},
             {"role": "user", "content": transcript},
         ]
-        if budget is None:
-            budget = self._count(self.messages) + self._count(request)
-        if self._count(request) > budget:
-            return False
-        try:
-            response = self._sdk.chat.completions.create(
-                model=self.model,
-                messages=request,  # type: ignore[arg-type]
-                temperature=0,
-                max_tokens=max(16, min(DEFAULT_REPLY_RESERVE, budget // 4)),
-            )
-        except openai.OpenAIError as exc:
-            raise from_openai(exc) from None
-        self._record_usage(response.usage)
-        summary = (response.choices[0].message.content or "").strip() if response.choices else ""
-        previous = self.summary
-        self.summary = summary or previous
-        if self._count(self.messages) > budget:  # the summary itself does not fit: drop it
-            self.summary = previous
-            return False
-        return True
+        room = _summary_room(budget) if budget is not None else SUMMARY_TOKENS
+        if window is None or self._count(request) + room <= window:
+            try:
+                response = self._sdk.chat.completions.create(
+                    model=self.model,
+                    messages=request,  # type: ignore[arg-type]
+                    temperature=0,
+                    max_tokens=room - SUMMARY_MARGIN,
+                )
+            except openai.OpenAIError as exc:
+                raise from_openai(exc) from None
+            self._record_usage(response.usage)
+            choice = response.choices[0] if response.choices else None
+            self.summary = (choice.message.content or "").strip() if choice else None
+        if self.summary and (budget is None or self._count(self.messages) <= budget):
+            return True
+        self.summary = previous
+        if budget is not None and self._count(self.messages) > budget:
+            self.summary = None
+        return False
+
+
+def _summary_room(budget: int) -> int:
+    return min(SUMMARY_TOKENS, budget // 8) + SUMMARY_MARGIN
 
 
 def _is_turn(message: object) -> bool:

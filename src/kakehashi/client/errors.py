@@ -100,6 +100,8 @@ def _error_object(body: object) -> dict[str, Any]:
     wraps it in a list, PLaMo sends a bare ``message``, xAI a string ``error``)."""
     if isinstance(body, list) and body:
         body = body[0]
+    if isinstance(body, str):  # the SDK unwrapped a string ``error``
+        return {"message": body}
     if not isinstance(body, dict):
         return {}
     inner = body.get("error", body)
