@@ -29,9 +29,10 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+from kakehashi.paths import default_data_dir
 
 DEMO_MODEL_ID = "kakehashi-demo"
 PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
@@ -39,11 +40,6 @@ DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
 CONFIG_ENV = "KAKEHASHI_CONFIG"
 
 Capability = Literal["chat", "completions", "embeddings", "edits"]
-
-
-def default_data_dir() -> Path:
-    """Where kakehashi keeps generated models and other state for this user."""
-    return Path(platformdirs.user_data_dir("kakehashi"))
 
 
 def _split_csv(value: object) -> object:

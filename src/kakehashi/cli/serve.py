@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.panel import Panel
 
 from kakehashi.cli.common import (
     ConfigOption,
@@ -16,7 +14,11 @@ from kakehashi.cli.common import (
     load_settings,
     log_to_stderr,
 )
-from kakehashi.settings import DEMO_MODEL_ID, Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kakehashi.settings import Settings
 
 
 def _check_device(settings: Settings, console: Console) -> None:
@@ -32,8 +34,11 @@ def _check_device(settings: Settings, console: Console) -> None:
 
 def _resolve_model(settings: Settings, console: Console) -> Path:
     """The model directory to serve: the configured one, or the demo (created if missing)."""
+    from rich.panel import Panel
+
     from kakehashi.engine.models.loader import ModelSourceError, resolve_model_source
     from kakehashi.engine.models.tiny import demo_model_dir
+    from kakehashi.settings import DEMO_MODEL_ID
 
     if settings.model is None:
         console.print(
@@ -136,6 +141,8 @@ def serve(
     file; flags win over the environment, which wins over the file.
     """
     import uvicorn
+    from rich.console import Console
+    from rich.panel import Panel
 
     from kakehashi.api.app import create_app
     from kakehashi.backends.local import default_model_id

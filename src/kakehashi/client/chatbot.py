@@ -209,6 +209,13 @@ class Chatbot:
         self.last_trim = None
         self.last_logprobs = []
 
+    def add_turn(self, prompt: str, answer: str) -> None:
+        """Append an exchange that happened elsewhere (a log, another client) to the history."""
+        self._turns += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ]
+
     def save(self, path: str | Path) -> None:
         """Write the conversation to ``path`` as JSON."""
         state = {
