@@ -8,6 +8,7 @@ errors in each provider's own shape:
 
 * model ``missing``: 404, in the provider's error shape (Gemini's JSON array, xAI's flat string
   ``error``, PLaMo's bare ``message``, OpenAI's envelope elsewhere);
+* model ``brief``: answers with the first :data:`BRIEF_WORDS` words of the message only;
 * model ``small-window``: 400 ``context_length_exceeded`` once the messages hold more than
   :data:`SMALL_WINDOW_CHARS` characters, and a card without a context window.
 
@@ -49,6 +50,7 @@ BASE_URL_VARS = {
     "kakehashi": "KAKEHASHI_BASE_URL",
 }
 SMALL_WINDOW_CHARS = 200
+BRIEF_WORDS = 12
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
             message = "This model's maximum context length is 50 tokens."
             self._send(400, _error_body(provider, 400, message, "context_length_exceeded"))
             return
-        text = f"{provider} says: {body['messages'][-1]['content']}"
+        said = str(body["messages"][-1]["content"])
+        if model == "brief":  # answers with the first words only, as a summary would
+            said = " ".join(said.split()[:BRIEF_WORDS])
+        text = f"{provider} says: {said}"
         usage = {"prompt_tokens": size, "completion_tokens": 3, "total_tokens": size + 3}
         header = {"id": "chatcmpl-fake", "created": 0, "model": model}
         if not body.get("stream"):

@@ -48,8 +48,10 @@ class TokenCounter:
 
         try:
             card = self._sdk.models.retrieve(self.model)
-        except openai.NotFoundError:
-            return None  # servers without GET /v1/models/{id}, or without this model listed
+        except openai.NotFoundError as exc:
+            if getattr(exc, "code", None) == "model_not_found":
+                raise from_openai(exc) from None
+            return None  # a server without GET /v1/models/{id}
         except openai.OpenAIError as exc:
             raise from_openai(exc) from None
         extra = card.model_extra or {}
