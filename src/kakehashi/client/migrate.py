@@ -434,13 +434,18 @@ class _Uses(cst.CSTVisitor):
 def migrate_source(code: str, retired: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
     """``code`` rewritten for openai>=1.0 and current models, and notes for people.
 
-    Raises :class:`libcst.ParserSyntaxError` for code that does not parse.
+    Raises :class:`SyntaxError` or :class:`libcst.ParserSyntaxError` for code that does not
+    parse.
     """
+    retired = replacements() if retired is None else retired
+    if "openai" not in code and not any(name in code for name in retired):
+        ast.parse(code)  # nothing to rewrite: Python's own parser only checks the syntax
+        return code, []
     module = cst.parse_module(code)
     survey = _Survey()
     module.visit(survey)
     survey.settle()
-    rewrite = _Rewrite(survey, replacements() if retired is None else retired)
+    rewrite = _Rewrite(survey, retired)
     migrated = module.visit(rewrite)
     return migrated.code, rewrite.notes
 
@@ -473,15 +478,15 @@ def migrate_paths(
             continue
         try:
             result.after, result.notes = migrate_source(result.before, table)
-        except cst.ParserSyntaxError as exc:
+        except (SyntaxError, cst.ParserSyntaxError) as exc:
             result.error = f"not valid Python: {_syntax_error(result.before, exc)}"
         yield result
 
 
-def _syntax_error(code: str, exc: cst.ParserSyntaxError) -> str:
+def _syntax_error(code: str, exc: SyntaxError | cst.ParserSyntaxError) -> str:
     """Where the code is wrong, as Python itself says it (libcst's positions are rougher)."""
     try:
         ast.parse(code)
     except SyntaxError as error:
         return f"{error.msg} (line {error.lineno}, column {error.offset})"
-    return exc.message
+    return exc.message if isinstance(exc, cst.ParserSyntaxError) else str(exc)
