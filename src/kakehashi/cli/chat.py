@@ -85,6 +85,7 @@ class Session:
 
     def __init__(self, bot: Background, log: ChatLog | None, conversation: str | None) -> None:
         self._console: Console | None = None
+        self._trim_seen: object = None  # the last trim already shown
         self._bot = bot
         self.log = log
         self.conversation = conversation
@@ -123,8 +124,6 @@ class Session:
         if self.logprobs:
             show_logprobs(self.console, bot.last_logprobs)
         self._record(prompt, answer)
-
-    _trim_seen: object = None
 
     def _record(self, prompt: str, answer: str) -> None:
         if self.log is None:
