@@ -240,7 +240,7 @@ def _repl(session: Session, history_file: Path | None) -> None:
         event.current_buffer.insert_text("\n")
 
     history = InMemoryHistory() if history_file is None else FileHistory(str(history_file))
-    prompt = PromptSession(history=history, key_bindings=bindings)
+    prompt: PromptSession[str] = PromptSession(history=history, key_bindings=bindings)
     print("\x1b[2mkakehashi chat · /help for commands · quit, exit or Ctrl-D to leave\x1b[0m")
     while True:
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -287,7 +287,7 @@ class Chatbot:
         logprobs: int | None = None,
         stream: bool | None = None,
         **options: Any,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Like :meth:`chat`, yielding the answer in pieces (one piece when not streaming).
         The turn is kept once the answer is complete."""
         prompt = prompt.strip()
@@ -306,7 +306,7 @@ class Chatbot:
 
     def _exchange(
         self, stream: bool, logprobs: int | None, options: dict[str, Any]
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, str]:
         """One request (retried with fewer turns when a server of unknown window refuses)."""
         while True:
             self._fit()
@@ -326,7 +326,7 @@ class Chatbot:
                     raise
                 self._drop(1, budget=None, window=None)
 
-    def _whole(self, request: dict[str, Any]) -> Iterator[str]:
+    def _whole(self, request: dict[str, Any]) -> Generator[str, None, str]:
         try:
             response = self._sdk.chat.completions.create(**request)
         except openai.OpenAIError as exc:
@@ -340,7 +340,7 @@ class Chatbot:
         yield text
         return text
 
-    def _streamed(self, request: dict[str, Any]) -> Iterator[str]:
+    def _streamed(self, request: dict[str, Any]) -> Generator[str, None, str]:
         request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         self.last_logprobs = []
         pieces: list[str] = []

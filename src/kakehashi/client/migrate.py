@@ -313,7 +313,7 @@ class _Rewrite(cst.CSTTransformer):
         return None
 
     def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
-        body = list(updated.body)
+        body: list[cst.BaseStatement] = list(updated.body)
         settings = [(i, found) for i, s in enumerate(body) if (found := self._config(s))]
         if not (self.uses_client or self.uses_async or settings):
             return updated
