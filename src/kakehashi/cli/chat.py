@@ -75,8 +75,9 @@ def _log(no_log: bool) -> ChatLog | None:
 def _fail(message: str) -> typer.Exit:
     """Print ``message`` as an error on stderr; the exit to raise."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[red]error:[/] {message}")
+    Console(stderr=True, highlight=False).print(f"[red]error:[/] {escape(message)}")
     return typer.Exit(1)
 
 
@@ -146,11 +147,13 @@ class Session:
 
     def command(self, line: str) -> None:
         """Run one ``/command``."""
+        from rich.markup import escape
+
         name, _, argument = line[1:].partition(" ")
         argument = argument.strip()
         handler = getattr(self, f"_cmd_{name.lower()}", None)
         if handler is None:
-            self.console.print(f"[red]error:[/] unknown command /{name}; /help lists them")
+            self.console.print(f"[red]error:[/] unknown command /{escape(name)}; /help lists them")
             return
         handler(argument)
 
@@ -194,13 +197,15 @@ class Session:
         show_usage(self.console, self.bot)
 
     def _cmd_save(self, argument: str) -> None:
+        from rich.markup import escape
+
         if not argument:
             self.console.print("[red]error:[/] /save needs a file name")
             return
         try:
             self.bot.save(Path(argument).expanduser())
         except OSError as exc:
-            self.console.print(f"[red]error:[/] cannot write {argument}: {exc.strerror}")
+            self.console.print(f"[red]error:[/] cannot write {escape(argument)}: {exc.strerror}")
             return
         self.console.print(f"saved to {argument}", markup=False)
 
@@ -230,6 +235,7 @@ def _repl(session: Session, history_file: Path | None) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
+    from rich.markup import escape
 
     from kakehashi.client.errors import ClientError
 
@@ -262,7 +268,7 @@ def _repl(session: Session, history_file: Path | None) -> None:
         except KeyboardInterrupt:
             session.console.print("[dim](interrupted)[/]")
         except ClientError as exc:
-            session.console.print(f"[red]error:[/] {exc}", highlight=False)
+            session.console.print(f"[red]error:[/] {escape(str(exc))}")
 
 
 def chat_command(
@@ -405,6 +411,7 @@ def logs_command(
 
     from rich.console import Console
     from rich.markdown import Markdown
+    from rich.markup import escape
 
     from kakehashi.client.log import LogError
 
@@ -439,5 +446,5 @@ def logs_command(
             + tokens,
             align="left",
         )
-        console.print(f"[bold]>[/] {exchange.prompt}", markup=True, highlight=False)
+        console.print(f"[bold]>[/] {escape(exchange.prompt)}", highlight=False)
         console.print(Markdown(exchange.response))

@@ -26,12 +26,13 @@ def migrate_command(
 ) -> None:
     """Rewrite code written for openai<1.0 (and retired models) for the current SDK."""
     from rich.console import Console
+    from rich.markup import escape
 
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         from kakehashi.client.migrate import migrate_paths
     except ImportError:
-        errors.print(f"[red]error:[/] {_MISSING_LIBCST}")
+        errors.print(f"[red]error:[/] {escape(_MISSING_LIBCST)}")
         raise typer.Exit(1) from None
 
     seen = changed = failed = 0
@@ -39,16 +40,16 @@ def migrate_command(
         seen += 1
         if result.error is not None:
             failed += 1
-            errors.print(f"[red]error:[/] {result.path}: {result.error}")
+            errors.print(f"[red]error:[/] {escape(f'{result.path}: {result.error}')}")
             continue
         for note in result.notes:
-            errors.print(f"[yellow]note:[/] {result.path}: {note}")
+            errors.print(f"[yellow]note:[/] {escape(f'{result.path}: {note}')}")
         if not result.changed:
             continue
         changed += 1
         if write:
             result.path.write_text(result.after, "utf-8")
-            errors.print(f"rewrote {result.path}")
+            errors.print(f"rewrote {escape(str(result.path))}")
         else:
             typer.echo(result.diff(), nl=False)
     verb = "rewrote" if write else "would rewrite"

@@ -35,6 +35,7 @@ def summarize_command(
 ) -> None:
     """Summarize a web page or a document, chunk by chunk, with a progress bar."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from kakehashi.cli.chat_view import stream_answer
@@ -79,7 +80,7 @@ def summarize_command(
             first = next(pieces, "")  # the map rounds run before the first piece
         stream_answer(Console(highlight=False), itertools.chain([first], pieces))
     except ClientError as exc:
-        errors.print(f"[red]error:[/] {exc}")
+        errors.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,11 @@ def test_migrate_paths_reports_each_file(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("import openai\nopenai.Model.list()\n")
     (result,) = migrate_paths([tmp_path])
     assert result.changed and result.after.endswith("client.models.list()\n")
+
+
+def test_command_without_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.py").write_text("import openai\n")
+    monkeypatch.setitem(sys.modules, "kakehashi.client.migrate", None)  # as if libcst were absent
+    result = runner.invoke(app, ["migrate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "pip install 'kakehashi[migrate]'" in " ".join(result.stderr.split())
