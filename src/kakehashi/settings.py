@@ -29,7 +29,6 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
@@ -39,15 +38,11 @@ from kakehashi.engine.models.default_model import (
     DEFAULT_MODEL_ID,
     TINY_RANDOM_MODEL_ID,
 )
+from kakehashi.paths import default_data_dir
 
 PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
 DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
 CONFIG_ENV = "KAKEHASHI_CONFIG"
-
-
-def default_data_dir() -> Path:
-    """Where kakehashi keeps generated models and other state for this user."""
-    return Path(platformdirs.user_data_dir("kakehashi"))
 
 
 def _split_csv(value: object) -> object:

@@ -90,6 +90,8 @@ def test_a_key_with_access_uses_the_gated_model(client: TestClient, key: str) ->
         "object": "model",
         "created": card["created"],
         "owned_by": "openai",
+        "context_window": 1024,  # the fake backend's, which answers gpt-4 here
+        "max_model_len": 1024,
     }
     response = client.post("/v1/chat/completions", json=chat_body(model="gpt-4"), headers=auth(key))
     assert response.status_code == 200, response.text

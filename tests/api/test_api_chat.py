@@ -212,3 +212,14 @@ def test_engine_path_chat(client: TestClient) -> None:
     response = client.post(f"/v1/engines/{FAKE_MODEL_ID}/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == FAKE_MODEL_ID
+
+
+def test_stop_null_is_no_stop_and_five_are_too_many(client: TestClient) -> None:
+    # openai 0.28 code passes stop=None explicitly (seed 001): it means "no stop sequence".
+    for path, body in (
+        ("/v1/chat/completions", {**chat_body(), "stop": None}),
+        ("/v1/completions", {"model": chat_body()["model"], "prompt": "hi", "stop": None}),
+    ):
+        assert client.post(path, json=body).status_code == 200
+        error = client.post(path, json={**body, "stop": ["a", "b", "c", "d", "e"]}).json()
+        assert error["error"]["param"] == "stop"

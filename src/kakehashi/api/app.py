@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from kakehashi.api import chat, completions, edits, embeddings, health, models
+from kakehashi.api import chat, completions, edits, embeddings, health, models, tokenize
 from kakehashi.api.deps import RequestIdMiddleware, request_context
 from kakehashi.api.drain import Drain, DrainMiddleware
 from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
@@ -174,7 +174,7 @@ def create_app(
     authenticated = [Depends(request_context)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").
-    for module in (chat, completions, embeddings, edits, models):
+    for module in (chat, completions, embeddings, edits, models, tokenize):
         app.include_router(module.router, dependencies=authenticated)
     app.include_router(health.router)
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kakehashi.capabilities import EMBEDDING, GENERATIVE, Capability
 from kakehashi.errors import InvalidRequestError, ServiceUnavailableError
@@ -21,6 +21,7 @@ from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, Chat
 from kakehashi.wire.common import Usage
 from kakehashi.wire.completions import CompletionRequest, CompletionResponse
 from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+from kakehashi.wire.tokenize import TokenizeRequest
 
 __all__ = [
     "EMBEDDING",
@@ -32,6 +33,7 @@ __all__ = [
     "CompletionStream",
     "ServedModel",
     "StreamUsage",
+    "TokenizingBackend",
     "not_loaded",
     "served_as",
     "unsupported",
@@ -151,4 +153,24 @@ class Backend(Protocol):
 
     async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
         """Embed every input of ``request``."""
+        ...
+
+
+@runtime_checkable
+class TokenizingBackend(Protocol):
+    """A backend that holds its model's tokenizer and so counts tokens exactly (an upstream
+    that cannot is answered with an estimate by the gateway)."""
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window in tokens, once known."""
+        ...
+
+    def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """The token ids of the request's prompt, or of its messages as the chat endpoint
+        renders them."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``; raises 400 for ids outside the vocabulary."""
         ...

@@ -41,8 +41,10 @@ from kakehashi.backends.prompting import (
     chat_prompt,
     check_legacy_options,
     check_prompt_chars,
+    check_token_ids,
     completion_budget,
     legacy_prompt,
+    messages_prompt,
     sampling_params,
 )
 from kakehashi.backends.streams import close_all, closing_all, merge
@@ -63,6 +65,7 @@ from kakehashi.wire.chat import (
 )
 from kakehashi.wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+from kakehashi.wire.tokenize import TokenizeRequest
 
 if TYPE_CHECKING:
     from kakehashi.engine.models.checkpoint import Checkpoint
@@ -132,6 +135,37 @@ class LocalBackend:
         if self._model is None:
             raise not_loaded()
         return self._model
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """The engine's context window, once the model is loaded."""
+        return self._model.engine.max_model_len if self._model is not None else None
+
+    def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """The prompt's ids, or the messages' as a chat completion would count them."""
+        model = self.loaded
+        tokenizer = model.engine.tokenizer
+        if request.messages is not None:
+            prompt = messages_prompt(
+                request.messages,
+                model.chat_template,
+                tokenizer,
+                tools=request.tools,
+                add_generation_prompt=request.add_generation_prompt,
+            )
+            if request.add_special_tokens:  # the template wrote them; vLLM adds them again
+                return tokenizer.encode(prompt.text, add_special_tokens=True)
+            return prompt.ids
+        special = True if request.add_special_tokens is None else request.add_special_tokens
+        return tokenizer.encode(request.prompt or "", add_special_tokens=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (special tokens included, as vLLM gives them)."""
+        tokenizer = self.loaded.engine.tokenizer
+        check_token_ids(tokens, tokenizer, "tokens")
+        return tokenizer.decode(tokens, skip_special_tokens=False)
 
     # -- chat completions --------------------------------------------------------------------
 

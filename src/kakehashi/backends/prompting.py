@@ -3,12 +3,14 @@ the context window, and :class:`SamplingParams`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kakehashi.backends.model import TemplateLike, TokenizerLike
 from kakehashi.engine.params import SamplingParams
 from kakehashi.errors import ContextLengthExceededError, InvalidRequestError
-from kakehashi.wire.chat import ChatCompletionRequest
+from kakehashi.wire.chat import ChatCompletionRequest, ChatMessage
 from kakehashi.wire.completions import CompletionRequest
 
 
@@ -54,9 +56,33 @@ def chat_prompt(
     request: ChatCompletionRequest, template: TemplateLike, tokenizer: TokenizerLike
 ) -> Prompt:
     """The request's messages (and tools) rendered with the model's template, tokenized."""
-    messages = [m.template_dict() for m in request.messages]
-    text = template.render(messages, add_generation_prompt=True, tools=request.tools)
+    return messages_prompt(request.messages, template, tokenizer, tools=request.tools)
+
+
+def messages_prompt(
+    messages: Sequence[ChatMessage],
+    template: TemplateLike,
+    tokenizer: TokenizerLike,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> Prompt:
+    """A conversation rendered with the model's template and tokenized (the template writes
+    the special tokens)."""
+    dicts = [m.template_dict() for m in messages]
+    text = template.render(dicts, add_generation_prompt=add_generation_prompt, tools=tools)
     return Prompt(tokenizer.encode(text), text)
+
+
+def check_token_ids(ids: Sequence[int], tokenizer: TokenizerLike, param: str) -> None:
+    """Raise 400 naming ``param`` if an id is outside the model's vocabulary."""
+    bad = [t for t in ids if t >= tokenizer.vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"Invalid token id {bad[0]} in '{param}': this model's vocabulary has "
+            f"{tokenizer.vocab_size} tokens.",
+            param=param,
+        )
 
 
 def legacy_prompt(prompt: str | list[int], tokenizer: TokenizerLike) -> Prompt:
@@ -66,13 +92,7 @@ def legacy_prompt(prompt: str | list[int], tokenizer: TokenizerLike) -> Prompt:
         if not ids:  # like OpenAI's default prompt, start from the end-of-text token
             return Prompt([tokenizer.eos_token_ids[-1]], prompt, added=(1, 0))
         return Prompt(ids, prompt, _added_around(ids, tokenizer.encode(prompt)))
-    bad = [t for t in prompt if t >= tokenizer.vocab_size]
-    if bad:
-        raise InvalidRequestError(
-            f"Invalid token id {bad[0]} in 'prompt': this model's vocabulary has "
-            f"{tokenizer.vocab_size} tokens.",
-            param="prompt",
-        )
+    check_token_ids(prompt, tokenizer, "prompt")
     return Prompt(list(prompt), tokenizer.decode(prompt))
 
 

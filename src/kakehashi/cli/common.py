@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from kakehashi.settings import Settings
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kakehashi.settings import Settings
 
 T = TypeVar("T")
 
 
 def load_settings(overrides: dict[str, Any], config: Path | None = None) -> Settings:
     """Settings from the config file and ``KAKEHASHI_*`` env, with the given flags on top."""
+    # Imported here: pydantic-settings is slow to import, and the client commands never need it.
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from kakehashi.settings import Settings
+
     given = {key: value for key, value in overrides.items() if value not in (None, [], ())}
     try:
         return Settings.load(config, **given)

@@ -6,8 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from kakehashi.cli.common import ConfigOption, NowOption, build_or_exit, load_settings
 
@@ -22,6 +20,9 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Print the model catalog: each model's status and whether the caller may use it."""
+    from rich.console import Console
+    from rich.table import Table
+
     from kakehashi.api.app import build_service, default_backends
     from kakehashi.gateway.access import principal_for
     from kakehashi.gateway.context import OPEN_ACCESS

@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.panel import Panel
 
 from kakehashi.cli.common import (
     ConfigOption,
@@ -23,10 +20,12 @@ from kakehashi.engine.models.default_model import (
     DEFAULT_MODEL_ID,
     TINY_RANDOM_MODEL_ID,
 )
-from kakehashi.settings import Settings
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from kakehashi.engine.models.checkpoint import Checkpoint
+    from kakehashi.settings import Settings
 
 
 def _check_device(settings: Settings, console: Console) -> None:
@@ -80,10 +79,11 @@ def serve(
     model: Annotated[
         str | None,
         typer.Option(
-            help=escape(
-                "A GGUF file, a model directory, ollama:NAME[:TAG], "
-                f"lmstudio:PUBLISHER/REPO[/FILE], {TINY_RANDOM_MODEL_ID} or a hub id (default: "
-                f"{DEFAULT_MODEL_ID}, fetched on first use)."
+            # Backslashes keep rich's markup from reading [:TAG] and [/FILE] as tags.
+            help=(
+                "A GGUF file, a model directory, ollama:NAME\\[:TAG], "
+                f"lmstudio:PUBLISHER/REPO\\[/FILE], {TINY_RANDOM_MODEL_ID} or a hub id "
+                f"(default: {DEFAULT_MODEL_ID}, fetched on first use)."
             )
         ),
     ] = None,
@@ -191,6 +191,9 @@ def serve(
     Every flag can also be set as a KAKEHASHI_<NAME> environment variable or in the --config
     file; flags win over the environment, which wins over the file.
     """
+    from rich.console import Console
+    from rich.panel import Panel
+
     from kakehashi.api.app import create_app, default_backends
     from kakehashi.api.server import serve as serve_app
     from kakehashi.backends.local import default_model_id

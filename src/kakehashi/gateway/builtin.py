@@ -16,57 +16,27 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import date
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 from kakehashi.capabilities import Capability
+from kakehashi.retirements import MIGRATION_TABLE, Endpoint, Migration, migration_table
 from kakehashi.settings import ModelSpec
 
-MIGRATION_TABLE = "openai_2024_01_04.toml"
 OPENAI_NAMES = "openai_model_names.toml"
-Endpoint = Literal["completions", "embeddings", "edits"]
 
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One row of the table: ``model`` on ``endpoint`` retires on ``shutdown_on``."""
-
-    model: str
-    endpoint: Endpoint
-    announced_on: date
-    shutdown_on: date
-    replacement: str
-    price_per_1k: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as the data file writes it (without the table-wide dates)."""
-        row: dict[str, Any] = {"model": self.model, "endpoint": self.endpoint}
-        if self.price_per_1k is not None:
-            row["price_per_1k"] = self.price_per_1k
-        row["replacement"] = self.replacement
-        return row
+__all__ = [
+    "MIGRATION_TABLE",
+    "Endpoint",
+    "Migration",
+    "builtin_specs",
+    "migration_table",
+    "openai_name_specs",
+]
 
 
 def _data(name: str) -> dict[str, Any]:
     return tomllib.loads(resources.files(__package__).joinpath("data", name).read_text("utf-8"))
-
-
-def migration_table() -> list[Migration]:
-    """The rows of the 2024-01-04 migration, in published order."""
-    data = _data(MIGRATION_TABLE)
-    return [
-        Migration(
-            model=row["model"],
-            endpoint=row["endpoint"],
-            announced_on=data["announced_on"],
-            shutdown_on=data["shutdown_on"],
-            replacement=row["replacement"],
-            price_per_1k=row.get("price_per_1k"),
-        )
-        for row in data["models"]
-    ]
 
 
 def _spec(row: Migration) -> ModelSpec:

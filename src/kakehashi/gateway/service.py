@@ -45,6 +45,7 @@ from kakehashi.gateway.estimate import completion_estimate, prompt_estimate
 from kakehashi.gateway.fallback import Next, RetryPolicy, is_deployment_failure, next_step
 from kakehashi.gateway.lifecycle import ENDPOINT_DEPRECATIONS, Clock, Status, system_clock
 from kakehashi.gateway.routing import Router
+from kakehashi.gateway.tokens import ModelTokens, context_window
 from kakehashi.gateway.usage import AttemptLog, cost_usd, status_of
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from kakehashi.wire.common import Usage
@@ -175,6 +176,9 @@ class GatewayService:
         entry = self.catalog.resolve(model_id, principal=ctx.principal, today=today)
         shutdown = entry.lifecycle.shutdown_on
         card = ModelCard(id=model_id, created=entry.created, owned_by=entry.owned_by)
+        window = context_window(entry)
+        if window is not None:
+            card.context_window = card.max_model_len = window
         if shutdown is not None and entry.status(today) is Status.DEPRECATED:
             card.shutdown_date = shutdown.isoformat()
         return card
@@ -183,6 +187,11 @@ class GatewayService:
         """``Deprecation`` headers of a deprecated endpoint (``edits``), else none."""
         endpoint = ENDPOINT_DEPRECATIONS.get(capability)
         return endpoint.headers(self.clock()) if endpoint is not None else {}
+
+    def tokens(self, model_id: str, ctx: RequestContext) -> ModelTokens:
+        """``/tokenize`` and ``/detokenize`` for ``model_id`` as the principal may use it."""
+        entry = self.catalog.resolve(model_id, principal=ctx.principal, today=self.clock())
+        return ModelTokens(entry)
 
     # -- the operations --------------------------------------------------------------------
 

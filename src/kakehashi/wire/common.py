@@ -53,6 +53,7 @@ def _stop_sequences(value: Any) -> Any:
 
 
 StopSequences = Annotated[
+    # The length bound sits on the list alone: on the union it would be applied to null too.
     Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None,
     BeforeValidator(_stop_sequences),
 ]
