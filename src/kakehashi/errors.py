@@ -12,15 +12,19 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
     ├── NotFoundError                   404
     │   └── ModelNotFoundError          404 code=model_not_found
     ├── ConflictError                   409
-    ├── RateLimitError                  429 code=rate_limit_exceeded
+    ├── RateLimitError                  429 code=rate_limit_exceeded, type=requests|tokens
+    │   └── QuotaExceededError          429 code=insufficient_quota, x-should-retry: false
     ├── ServerError                     500
     └── ServiceUnavailableError         503
 
-Code raises these; the HTTP layer maps them to responses in exactly one handler.
+Code raises these; the HTTP layer maps them to responses in exactly one handler, which also
+sends the ``headers`` an error carries (``Retry-After``, ``x-ratelimit-*``, ``x-should-retry``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -31,18 +35,27 @@ class KakehashiError(Exception):
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.type: str = self.error_type
+        self.headers: dict[str, str] = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error envelope for this error."""
         return {
             "error": {
                 "message": self.message,
-                "type": self.error_type,
+                "type": self.type,
                 "param": self.param,
                 "code": self.code,
             }
@@ -111,11 +124,49 @@ class ConflictError(KakehashiError):
 
 
 class RateLimitError(KakehashiError):
-    """Too many requests, or the server's queue is full."""
+    """Too many requests, or the server's queue is full.
+
+    ``limit_type`` is what ran out, as OpenAI's ``type``: ``requests`` or ``tokens``.
+    ``retry_after`` (seconds) adds ``Retry-After`` and ``retry-after-ms``; ``retryable=False``
+    (a request larger than the limit itself) adds ``x-should-retry: false`` instead.
+    """
 
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_type: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool = True,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        all_headers = dict(headers or {})
+        if retry_after is not None and retryable:
+            all_headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+            all_headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
+        if not retryable:
+            all_headers["x-should-retry"] = "false"
+        super().__init__(message, param=param, code=code, headers=all_headers)
+        if limit_type is not None:
+            self.type = limit_type
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+class QuotaExceededError(RateLimitError):
+    """The key has spent its budget: a 429 no retry can fix."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None):
+        super().__init__(message, retryable=False, headers=headers)
 
 
 class ServerError(KakehashiError):

@@ -152,7 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _kakehashi(request: Request, exc: KakehashiError) -> JSONResponse:
         if exc.status_code >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return error_response(exc)
+        return error_response(exc, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,9 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def _error_frame(error: KakehashiError) -> bytes:
-    detail = ErrorDetail(
-        message=error.message, type=error.error_type, param=error.param, code=error.code
-    )
+    detail = ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
     return encode_event(ErrorResponse(error=detail))
 
 
