@@ -71,3 +71,8 @@ def database(database_url: str, tmp_path: Path) -> Iterator[Database]:
 
 
 __all__ = ["RedisServer"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
