@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from platform_records import usage
 
-from kakehashi.gateway.context import UsageRecord
 from kakehashi.platform.keys import KeyRepository, NewKey
 from kakehashi.platform.ledger import LedgerSink, ModelPrices, cost_usd
 from kakehashi.platform.storage import tables
@@ -24,24 +24,6 @@ from kakehashi.settings import DEFAULT_TIERS
 
 HERE = Path(__file__).parent
 PRICES = {"gpt-4": ModelPrices(input=30.0, output=60.0, cached_input=15.0)}
-
-
-def usage(n: int, *, key_id: str = "key_a", model: str = "gpt-4", **fields: object) -> UsageRecord:
-    values: dict[str, object] = {
-        "request_id": f"req_{n}",
-        "attempt": 0,
-        "key_id": key_id,
-        "model": model,
-        "backend": "local",
-        "endpoint": "chat.completions",
-        "started_at": 1_750_000_000.0 + n,
-        "latency": 0.05,
-        "status": "success",
-        "prompt_tokens": 100,
-        "completion_tokens": 10,
-    }
-    values.update(fields)
-    return UsageRecord(**values)  # type: ignore[arg-type]
 
 
 def rows(db: Database) -> list[sa.Row[object]]:
