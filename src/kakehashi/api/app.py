@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from kakehashi.api import chat, completions, edits, embeddings, health, models
+from kakehashi.api import admin, chat, completions, edits, embeddings, health, models, usage
 from kakehashi.api.deps import RequestIdMiddleware, require_api_key
 from kakehashi.api.errors import install_error_handlers
+from kakehashi.api.platform_access import PlatformAccess
 from kakehashi.backends.base import AnyBackend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
@@ -70,6 +71,7 @@ def create_app(
             yield
         finally:
             await service.stop()
+            app.state.platform_access.close()
 
     app = FastAPI(
         title="kakehashi",
@@ -78,6 +80,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.platform_access = PlatformAccess(settings)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     authenticated = [Depends(require_api_key)]
@@ -86,4 +89,6 @@ def create_app(
     for module in (chat, completions, embeddings, edits, models):
         app.include_router(module.router, dependencies=authenticated)
     app.include_router(health.router)
+    for module in (admin, usage):  # guarded by the admin key instead
+        app.include_router(module.router)
     return app
