@@ -27,9 +27,11 @@ from support.services import (
 _database_names = itertools.count()
 
 
+_BINARIES = {"postgres": ("initdb", "postgres"), "redis": ("redis-server",)}
+
+
 def _need(service: str) -> None:
-    missing = missing_services()
-    wanted = [name for name in missing if service in name]
+    wanted = [name for name in missing_services() if name in _BINARIES[service]]
     if wanted:
         message = f"{', '.join(wanted)} not installed (apt-get install postgresql redis-server)"
         if os.environ.get("CI"):

@@ -56,7 +56,8 @@ class PlatformAccess:
 
 def get_platform(request: Request) -> PlatformAccess:
     """The app's :class:`PlatformAccess`."""
-    return request.app.state.platform_access
+    access: PlatformAccess = request.app.state.platform_access
+    return access
 
 
 async def require_admin_key(request: Request) -> None:

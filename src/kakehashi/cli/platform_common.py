@@ -36,12 +36,13 @@ def platform_database(config: Path | None, console: Console) -> Iterator[tuple[S
         raise fail(console, str(exc)) from None
     except SQLAlchemyError as exc:
         raise fail(
-            console, f"cannot use the database: {exc.__class__.__name__}: {exc.orig or exc}"
+            console,
+            f"cannot use the database: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}",
         ) from None
     try:
         yield settings, db
     except SQLAlchemyError as exc:
-        raise fail(console, f"database error: {exc.orig or exc}") from None
+        raise fail(console, f"database error: {getattr(exc, 'orig', None) or exc}") from None
     finally:
         db.close()
 

@@ -121,7 +121,7 @@ def _window(
     start = first if query.page is None else _decode_page(query.page)
     if start < first or start >= end or (start - first) % width:
         raise _invalid("page", f"The page cursor '{query.page}' does not belong to this query.")
-    starts = []
+    starts: list[int] = []
     cursor = start
     while cursor < end and len(starts) < limit:
         starts.append(cursor)
