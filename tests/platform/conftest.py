@@ -16,13 +16,7 @@ from pathlib import Path
 import pytest
 
 from kakehashi.platform.storage.db import Database
-from support.services import (
-    PostgresServer,
-    RedisServer,
-    missing_services,
-    postgres_server,
-    redis_server,
-)
+from support.services import PostgresServer, missing_services, postgres_server, redis_server
 
 _database_names = itertools.count()
 
@@ -70,9 +64,6 @@ def database(database_url: str, tmp_path: Path) -> Iterator[Database]:
         yield db
     finally:
         db.close()
-
-
-__all__ = ["RedisServer"]
 
 
 @pytest.fixture

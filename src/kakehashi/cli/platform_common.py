@@ -35,10 +35,8 @@ def platform_database(config: Path | None, console: Console) -> Iterator[tuple[S
     except DatabaseConfigError as exc:
         raise fail(console, str(exc)) from None
     except SQLAlchemyError as exc:
-        raise fail(
-            console,
-            f"cannot use the database: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}",
-        ) from None
+        cause = getattr(exc, "orig", None) or exc
+        raise fail(console, f"cannot use the database: {exc.__class__.__name__}: {cause}") from None
     try:
         yield settings, db
     except SQLAlchemyError as exc:
