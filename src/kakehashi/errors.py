@@ -13,7 +13,8 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
     ├── NotFoundError                   404
     │   └── ModelNotFoundError          404 code=model_not_found
     ├── ConflictError                   409
-    ├── RateLimitError                  429 code=rate_limit_exceeded
+    ├── RateLimitError                  429 code=rate_limit_exceeded, type=requests|tokens
+    │   └── QuotaExceededError          429 code=insufficient_quota, x-should-retry: false
     ├── ServerError                     500
     ├── ServiceUnavailableError         503 (with Retry-After)
     └── UpstreamError                   an upstream's own status, type and code
@@ -23,12 +24,14 @@ renders as an OpenAI error envelope ``{"error": {"message", "type", "param", "co
 ``should_retry`` says whether a client may try the same request again (sent as OpenAI's
 ``x-should-retry`` header); ``retry_after`` how long it should wait first (``Retry-After``).
 
-Code raises these; the HTTP layer maps them to responses in exactly one handler.
+Code raises these; the HTTP layer maps them to responses in exactly one handler, which also
+sends the ``headers`` an error carries (``Retry-After``, ``x-ratelimit-*``, ``x-should-retry``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -41,16 +44,25 @@ class KakehashiError(Exception):
     should_retry: bool | None = None
     retry_after: float | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self._extra_headers: dict[str, str] = dict(headers or {})
 
     @property
     def headers(self) -> dict[str, str]:
-        """Response headers the error carries: ``x-should-retry`` and ``Retry-After``."""
-        headers: dict[str, str] = {}
+        """Response headers the error carries: ``x-should-retry``, ``Retry-After`` and any given
+        to it (``x-ratelimit-*``)."""
+        headers = dict(self._extra_headers)
         if self.should_retry is not None:
             headers["x-should-retry"] = "true" if self.should_retry else "false"
         if self.retry_after is not None:
@@ -143,11 +155,46 @@ class ConflictError(KakehashiError):
 
 
 class RateLimitError(KakehashiError):
-    """Too many requests, or the server's queue is full."""
+    """Too many requests, or the server's queue is full.
+
+    ``limit_type`` is what ran out, as OpenAI's ``type``: ``requests`` or ``tokens``.
+    ``retry_after`` (seconds) adds ``Retry-After`` and ``retry-after-ms``; ``retryable=False``
+    (a request larger than the limit itself) adds ``x-should-retry: false`` instead.
+    """
 
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_type: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool = True,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message, param=param, code=code, headers=headers)
+        if limit_type is not None:
+            self.error_type = limit_type
+        self.retryable = retryable
+        if retryable:
+            self.retry_after = retry_after
+        else:
+            self.should_retry = False
+
+
+class QuotaExceededError(RateLimitError):
+    """The key has spent its budget: a 429 no retry can fix."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None):
+        super().__init__(message, retryable=False, headers=headers)
 
 
 class ServerError(KakehashiError):

@@ -29,7 +29,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from kakehashi.capabilities import Capability
@@ -317,6 +325,36 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=default_data_dir)
+
+    # Platform: keys, rate limits, usage ledger, retention
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the platform database, e.g. postgresql://user@host/db "
+        "(default: a SQLite file in the data directory).",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for rate limits shared by several replicas."
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="When Redis cannot be reached, admit requests (with a loud warning) rather "
+        "than refuse them with a 503.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="The key that guards /admin/... and /v1/organization/..."
+    )
+    retention_days: float = Field(
+        default=30.0, gt=0, description="How long stored request and response bodies are kept."
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified key (and its spend) is trusted before it is read again; "
+        "bounds how late a revocation reaches other replicas.",
+    )
+    ledger_flush_seconds: float = Field(
+        default=0.2, gt=0, le=1.0, description="Longest a usage row waits before it is written."
+    )
 
     @field_validator(
         "aliases",

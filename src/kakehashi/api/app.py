@@ -9,11 +9,22 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from kakehashi.api import chat, completions, edits, embeddings, health, models, tokenize
+from kakehashi.api import (
+    admin,
+    chat,
+    completions,
+    edits,
+    embeddings,
+    health,
+    models,
+    tokenize,
+)
+from kakehashi.api import usage as organization_usage
 from kakehashi.api.deps import RequestIdMiddleware, request_context
 from kakehashi.api.drain import Drain, DrainMiddleware
 from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
 from kakehashi.api.guards import BodyLimitMiddleware, HostGuardMiddleware
+from kakehashi.api.platform_access import PlatformAccess
 from kakehashi.backends.base import Backend
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.local import LocalBackend
@@ -154,6 +165,7 @@ def create_app(
             await service.stop()
             if usage_log is not None:
                 usage_log.close()
+            app.state.platform_access.close()
 
     # On a keyed server the API description is not public: no /docs, /redoc, /openapi.json.
     docs = not settings.auth_enabled
@@ -169,6 +181,7 @@ def create_app(
     app.state.service = service
     app.state.key_store = key_store or settings_key_store(settings)
     app.state.drain = Drain()
+    app.state.platform_access = PlatformAccess(settings)
     install_error_handlers(app)
     install_middleware(app, settings)
     authenticated = [Depends(request_context)]
@@ -177,4 +190,6 @@ def create_app(
     for module in (chat, completions, embeddings, edits, models, tokenize):
         app.include_router(module.router, dependencies=authenticated)
     app.include_router(health.router)
+    for module in (admin, organization_usage):  # guarded by the admin key instead
+        app.include_router(module.router)
     return app

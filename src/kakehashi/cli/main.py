@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kakehashi.cli import chat, migrate, models, serve, summarize, tiny
+from kakehashi.cli import chat, keys, migrate, models, serve, summarize, tiny, usage
 
 app = typer.Typer(
     name="kakehashi",
@@ -19,6 +19,8 @@ app.command("chat")(chat.chat_command)
 app.command("logs")(chat.logs_command)
 app.command("summarize")(summarize.summarize_command)
 app.command("migrate")(migrate.migrate_command)
+app.add_typer(keys.app, name="keys")
+app.command("usage")(usage.usage_command)
 
 
 if __name__ == "__main__":
