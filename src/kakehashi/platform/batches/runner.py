@@ -147,6 +147,7 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.lines_run = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -155,11 +156,18 @@ class BatchRunner:
         """Start taking batches (call from within the event loop)."""
         if self._task is None:
             self._stopping = False
-            self._task = asyncio.get_running_loop().create_task(self._claim_loop())
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._claim_loop())
 
     def notify(self) -> None:
         """A batch was created or cancelled here: look for work now, not at the next poll."""
         self._wake.set()
+
+    def notify_threadsafe(self) -> None:
+        """:meth:`notify` from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop: lines in flight are abandoned, finished ones committed, leases released."""
