@@ -28,7 +28,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from kakehashi.gateway.context import Principal, Priority, RequestContext, UsageRecord
 from kakehashi.platform.batches.model import (
@@ -64,7 +64,20 @@ class LineResponse:
     retry_after: float | None = None
 
 
-Submit = Callable[[str, Mapping[str, Any], RequestContext], Awaitable[LineResponse]]
+class LineReply(Protocol):
+    """What ``submit`` answers (:class:`LineResponse` is one)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+
+    @property
+    def retry_after(self) -> float | None: ...
+
+
+Submit = Callable[[str, Mapping[str, Any], RequestContext], Awaitable[LineReply]]
 """Runs one request body at an endpoint (``/v1/chat/completions``...) for a context."""
 ModelCheck = Callable[[Principal, str, str], str | None]
 """Why ``principal`` may not use ``model`` at ``endpoint`` in a batch (None: it may)."""
@@ -99,6 +112,7 @@ class RunnerConfig:
     commit_seconds: float = 0.05
     commit_max: int = 256
     retry_max_seconds: float = 30.0
+    max_retries: int = 20
 
 
 @dataclass
@@ -420,7 +434,8 @@ class BatchRunner:
         body = json.loads(line.body)
         records: list[UsageRecord] = []
         wait = 0.25
-        while True:
+        response: LineReply = LineResponse(500, _server_error())
+        for attempt in range(self.config.max_retries + 1):
             with self.usage.capture(request_id) as captured:
                 try:
                     response = await self.submit(batch.endpoint, body, ctx)
@@ -428,7 +443,7 @@ class BatchRunner:
                     logger.exception("batch %s line %d: the request failed", batch.id, line.line_no)
                     response = LineResponse(500, _server_error())
                 records.extend(captured)
-            if response.retry_after is None:
+            if response.retry_after is None or attempt == self.config.max_retries:
                 break
             wait = min(max(wait * 2, response.retry_after), self.config.retry_max_seconds)
             await asyncio.sleep(wait)
