@@ -169,7 +169,7 @@ async def test_a_batch_runs_to_completed_with_each_line_billed_once(
     assert body["usage"]["input_tokens"] == 310 and body["usage"]["output_tokens"] == 155
     for stamp in ("in_progress_at", "finalizing_at", "completed_at"):
         assert body[stamp] is not None
-    assert body["metadata"] == {"x": "1"} and body["model"] is None
+    assert body["metadata"] == {"x": "1"} and "model" not in body
     output = _lines(store, batch.output_file_id)
     assert sorted(x["custom_id"] for x in output) == sorted(f"line-{i}" for i in range(30))
     assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in output)
@@ -202,7 +202,7 @@ async def test_bad_lines_fail_the_batch_with_line_numbers(store: BatchStore) -> 
     finally:
         await runner.stop()
     body = store.get(batch_id).to_dict()
-    assert body["failed_at"] is not None and body["in_progress_at"] is None
+    assert body["failed_at"] is not None and "in_progress_at" not in body
     assert [(e["code"], e["line"]) for e in body["errors"]["data"]] == [
         ("invalid_json_line", 3),
         ("duplicate_custom_id", 4),

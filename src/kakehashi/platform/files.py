@@ -66,8 +66,8 @@ class FileObject:
     status: str = "processed"
 
     def to_dict(self) -> dict[str, Any]:
-        """OpenAI's ``OpenAIFile`` shape."""
-        return {
+        """OpenAI's ``OpenAIFile`` shape (``expires_at`` only when the file expires)."""
+        body = {
             "id": self.id,
             "object": "file",
             "bytes": self.bytes,
@@ -76,8 +76,8 @@ class FileObject:
             "filename": self.filename,
             "purpose": self.purpose,
             "status": self.status,
-            "status_details": None,
         }
+        return {key: value for key, value in body.items() if value is not None}
 
 
 def _from_row(row: sa.Row[Any]) -> FileObject:

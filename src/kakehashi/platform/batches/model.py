@@ -104,9 +104,9 @@ class Batch:
     output_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """OpenAI's ``Batch`` object."""
+        """OpenAI's ``Batch`` object (optional fields without a value left out)."""
         counts = self.request_counts
-        return {
+        body = {
             "id": self.id,
             "object": "batch",
             "endpoint": self.endpoint,
@@ -144,6 +144,7 @@ class Batch:
             },
             "metadata": dict(self.metadata) if self.metadata is not None else None,
         }
+        return {key: value for key, value in body.items() if value is not None}
 
 
 # -- the owner, kept with the batch so it runs with the identity that created it ------------
