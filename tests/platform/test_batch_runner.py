@@ -353,3 +353,28 @@ async def test_two_workers_share_batches_and_one_takes_over_from_a_dead_one(
     assert len(_ledger(database)) == 40
     for batch_id in ids:
         assert len(_lines(store, store.get(batch_id).output_file_id)) == 10
+
+
+async def test_lines_of_a_revoked_owner_fail_as_401(store: BatchStore) -> None:
+    batch_id = _create(store, _jsonl(30))
+    gate = asyncio.Semaphore(0)
+    gateway = Gateway(BatchUsageTap(MemoryUsageSink()), gate=gate)
+    revoked = False
+    runner = _runner(store, gateway, owner_active=lambda principal: not revoked)
+    runner.start()
+    try:
+        for _ in range(10):
+            gate.release()
+        await _until(lambda: store.get(batch_id).request_counts.completed == 10)
+        revoked = True
+        await asyncio.sleep(0.5)  # a heartbeat or more
+        for _ in range(30):
+            gate.release()  # the lines in flight when the key went end normally
+        await _until(lambda: _status(store, batch_id) is BatchStatus.COMPLETED)
+    finally:
+        await runner.stop()
+    batch = store.get(batch_id)
+    refused = _lines(store, batch.error_file_id)
+    assert batch.request_counts.failed == len(refused) >= 10
+    assert {x["response"]["status_code"] for x in refused} == {401}
+    assert {x["response"]["body"]["error"]["code"] for x in refused} == {"invalid_api_key"}

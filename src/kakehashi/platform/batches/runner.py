@@ -83,6 +83,13 @@ ModelCheck = Callable[[Principal, str, str], str | None]
 """Why ``principal`` may not use ``model`` at ``endpoint`` in a batch (None: it may)."""
 Pricer = Callable[[UsageRecord], float]
 """What a batch line's usage record costs."""
+OwnerCheck = Callable[[Principal], bool]
+"""Whether a batch's owner may still make requests (False: revoked or expired key)."""
+
+
+def owner_always_active(_principal: Principal) -> bool:
+    """An owner check that trusts every owner."""
+    return True
 
 
 def allow_every_model(_principal: Principal, _endpoint: str, _model: str) -> str | None:
@@ -126,6 +133,7 @@ class _Job:
     expired: bool = False
     lost: bool = False
     interrupted: bool = False
+    owner_revoked: bool = False
     results: list[LineResult] = field(default_factory=list)
     wake_committer: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
@@ -145,6 +153,7 @@ class BatchRunner:
         price: Pricer = free,
         check_model: ModelCheck = allow_every_model,
         on_spend: Callable[[Mapping[str, float]], None] | None = None,
+        owner_active: OwnerCheck = owner_always_active,
         config: RunnerConfig | None = None,
         worker_id: str | None = None,
     ) -> None:
@@ -154,6 +163,7 @@ class BatchRunner:
         self.price = price
         self.check_model = check_model
         self.on_spend = on_spend
+        self.owner_active = owner_active
         self.config = config or RunnerConfig()
         self.worker_id = worker_id or default_worker_id()
         self._jobs: dict[str, tuple[_Job, asyncio.Task[None]]] = {}
@@ -234,6 +244,7 @@ class BatchRunner:
         batch_id = job.batch.id
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
         try:
+            job.owner_revoked = not await asyncio.to_thread(self.owner_active, job.principal)
             status = job.batch.status
             if status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS) and self._expired(job):
                 job.expired = True
@@ -289,6 +300,10 @@ class BatchRunner:
             except Exception as exc:  # the database is down: the lease may lapse meanwhile
                 logger.error("batch %s: renewing the lease failed: %s", job.batch.id, exc)
                 continue
+            try:
+                job.owner_revoked = not await asyncio.to_thread(self.owner_active, job.principal)
+            except Exception as exc:  # the database is down: judge again next time
+                logger.error("batch %s: checking its owner's key failed: %s", job.batch.id, exc)
             if status is BatchStatus.CANCELLING and not job.cancelled:
                 job.cancelled = True
                 job.stop.set()
@@ -436,6 +451,9 @@ class BatchRunner:
         wait = 0.25
         response: LineReply = LineResponse(500, _server_error())
         for attempt in range(self.config.max_retries + 1):
+            if job.owner_revoked:  # answered as the same request over HTTP would be
+                response = LineResponse(401, _revoked_key())
+                break
             with self.usage.capture(request_id) as captured:
                 try:
                     response = await self.submit(batch.endpoint, body, ctx)
@@ -539,6 +557,17 @@ async def _all_or_stop(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> N
             await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
+
+
+def _revoked_key() -> dict[str, Any]:
+    return {
+        "error": {
+            "message": "The API key that created this batch has been revoked or has expired.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
 
 
 def _server_error() -> dict[str, Any]:
