@@ -356,6 +356,20 @@ class Settings(BaseSettings):
         default=0.2, gt=0, le=1.0, description="Longest a usage row waits before it is written."
     )
 
+    # Batches
+    batch_max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batch lines one server runs at once (default: twice max_num_seqs, so the "
+        "engine's batch stays full).",
+    )
+    batch_lease_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="How long a replica's claim on a batch lasts without renewal: after a crash, "
+        "another replica (or the restarted one) takes the batch over this much later.",
+    )
+
     @field_validator(
         "aliases",
         "api_keys",

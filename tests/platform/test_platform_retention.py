@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from platform_records import usage
 
 from kakehashi.gateway.context import Principal
+from kakehashi.platform.files import FileStore
 from kakehashi.platform.ledger import LedgerSink
 from kakehashi.platform.retention import DAY_SECONDS, BodyStore, RetentionJob, should_store
 from kakehashi.platform.storage import tables
@@ -35,9 +37,14 @@ def test_store_false_always_wins() -> None:
     assert not should_store(False, keeps)
 
 
-async def test_purge_removes_old_bodies_only_and_keeps_the_ledger(database: Database) -> None:
+async def test_purge_removes_old_bodies_and_expired_files_and_keeps_the_ledger(
+    database: Database, tmp_path: Path
+) -> None:
     clock = Clock()
     bodies = BodyStore(database, clock=clock)
+    files = FileStore(database, tmp_path / "files", clock=clock)
+    batch_input = files.create([b"{}\n"], owner="k", filename="in.jsonl", purpose="batch")
+    kept_file = files.create([b"x"], owner="k", filename="keep.txt", purpose="user_data")
     request = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "store": True}
     bodies.save(request_id="req_old", key_id="k", endpoint="chat", request=request, response=None)
     clock.now += 29 * DAY_SECONDS
@@ -52,7 +59,7 @@ async def test_purge_removes_old_bodies_only_and_keeps_the_ledger(database: Data
     ledger.close()
 
     clock.now += 2 * DAY_SECONDS  # req_old is now 31 days old, req_new 2
-    job = RetentionJob(bodies, retention_days=30)
+    job = RetentionJob(bodies, retention_days=30, files=files)
     assert await job.run_once() == 1
     assert bodies.get("req_old") == []
     [kept] = bodies.get("req_new")
@@ -60,6 +67,9 @@ async def test_purge_removes_old_bodies_only_and_keeps_the_ledger(database: Data
     with database.connection() as conn:
         count = sa.select(sa.func.count()).select_from(tables.usage_records)
         assert conn.execute(count).scalar_one() == 1
+    # The batch input file was uploaded 31 days ago: gone; the other file has no expiry.
+    assert not files.content_path(batch_input.id).exists()
+    assert [f.id for f in files.page(owner="k")[0]] == [kept_file.id]
     assert await job.run_once() == 0
     bodies.close()
 

@@ -34,11 +34,19 @@ def _ledger_row(request_id: str) -> dict[str, object]:
 
 def test_migrations_create_every_table(database: Database) -> None:
     names = set(sa.inspect(database.engine).get_table_names())
-    assert {"api_keys", "usage_records", "stored_bodies", "alembic_version"} <= names
+    assert {
+        "api_keys",
+        "usage_records",
+        "stored_bodies",
+        "files",
+        "batches",
+        "batch_lines",
+        "alembic_version",
+    } <= names
     database.migrate()  # a second run is a no-op
     with database.connection() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_the_ledger_refuses_updates_and_deletes(database: Database) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +33,12 @@ class ModelPrices:
     input: float | None = None
     output: float | None = None
     cached_input: float | None = None
+    batch_input: float | None = None
+    batch_output: float | None = None
+
+
+BATCH_DISCOUNT = 0.5
+"""Batch lines cost this fraction of the normal price unless the catalog gives batch prices."""
 
 
 PriceLookup = Callable[[str], ModelPrices | None]
@@ -60,13 +66,26 @@ def cost_usd(usage: UsageRecord, prices: ModelPrices | None) -> float:
     return total / 1_000_000
 
 
+def batch_cost_usd(usage: UsageRecord, prices: ModelPrices | None) -> float:
+    """What ``usage`` costs as a batch line: the catalog's batch prices where it has them, else
+    :data:`BATCH_DISCOUNT` of the normal cost (``usage.cost_usd`` if the gateway priced it)."""
+    if prices is not None and (prices.batch_input is not None or prices.batch_output is not None):
+        batch = ModelPrices(
+            input=prices.batch_input, output=prices.batch_output, cached_input=prices.batch_input
+        )
+        return cost_usd(replace(usage, cost_usd=None), batch)
+    return cost_usd(usage, prices) * BATCH_DISCOUNT
+
+
 @dataclass(frozen=True, slots=True)
-class _Priced:
+class PricedUsage:
+    """A usage record and what it costs."""
+
     usage: UsageRecord
     cost: float
 
 
-def _row(item: _Priced) -> dict[str, Any]:
+def _row(item: PricedUsage) -> dict[str, Any]:
     u = item.usage
     return {
         "request_id": u.request_id,
@@ -98,7 +117,46 @@ def _insert_ignoring_duplicates(dialect: str) -> Any:
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
 
 
-class LedgerSink(BatchWriter[_Priced]):
+def write_usage(conn: Connection, batch: Sequence[PricedUsage]) -> dict[str, float]:
+    """Insert ``batch`` into the ledger inside ``conn``'s transaction (a row already there,
+    by request id and attempt, is kept once) and add each key's new spend to the key; the USD
+    each key's new rows cost."""
+    if not batch:
+        return {}
+    rows = [_row(item) for item in batch]
+    inserted = conn.execute(
+        _insert_ignoring_duplicates(conn.dialect.name).returning(
+            tables.usage_records.c.key_id,
+            tables.usage_records.c.cost_usd,
+            tables.usage_records.c.started_at_ms,
+        ),
+        rows,
+    ).all()
+    spend: defaultdict[str, float] = defaultdict(float)
+    last_used: dict[str, int] = {}
+    for key_id, cost, started_ms in inserted:
+        spend[key_id] += cost
+        last_used[key_id] = max(last_used.get(key_id, 0), started_ms // 1000)
+    keys = tables.api_keys
+    # One update per key, in a fixed order, so concurrent replicas never deadlock.
+    for key_id in sorted(last_used):
+        conn.execute(
+            keys.update()
+            .where(keys.c.id == key_id)
+            .values(
+                spent_usd=keys.c.spent_usd + spend[key_id],
+                last_used_at=sa.func.coalesce(
+                    sa.func.greatest(keys.c.last_used_at, last_used[key_id])
+                    if conn.dialect.name == "postgresql"
+                    else sa.func.max(keys.c.last_used_at, last_used[key_id]),
+                    last_used[key_id],
+                ),
+            )
+        )
+    return dict(spend)
+
+
+class LedgerSink(BatchWriter[PricedUsage]):
     """Queues usage records and writes them to the ledger in batches.
 
     ``on_written(spend)`` receives, after each commit, the USD each key's new rows cost (the
@@ -121,7 +179,6 @@ class LedgerSink(BatchWriter[_Priced]):
         self.on_written = on_written
         self._pending: defaultdict[str, float] = defaultdict(float)
         self._pending_lock = threading.Lock()
-        self._insert = _insert_ignoring_duplicates(db.dialect)
 
     def record(self, usage: UsageRecord) -> None:
         """Price and queue one record; returns at once."""
@@ -129,46 +186,16 @@ class LedgerSink(BatchWriter[_Priced]):
         if cost:
             with self._pending_lock:
                 self._pending[usage.key_id] += cost
-        self.put(_Priced(usage, cost))
+        self.put(PricedUsage(usage, cost))
 
     def pending_spend(self, key_id: str) -> float:
         """USD recorded for ``key_id`` but not written yet."""
         return self._pending.get(key_id, 0.0)
 
-    def write(self, conn: Connection, batch: Sequence[_Priced]) -> dict[str, float]:
-        rows = [_row(item) for item in batch]
-        inserted = conn.execute(
-            self._insert.returning(
-                tables.usage_records.c.key_id,
-                tables.usage_records.c.cost_usd,
-                tables.usage_records.c.started_at_ms,
-            ),
-            rows,
-        ).all()
-        spend: defaultdict[str, float] = defaultdict(float)
-        last_used: dict[str, int] = {}
-        for key_id, cost, started_ms in inserted:
-            spend[key_id] += cost
-            last_used[key_id] = max(last_used.get(key_id, 0), started_ms // 1000)
-        keys = tables.api_keys
-        # One update per key, in a fixed order, so concurrent replicas never deadlock.
-        for key_id in sorted(last_used):
-            conn.execute(
-                keys.update()
-                .where(keys.c.id == key_id)
-                .values(
-                    spent_usd=keys.c.spent_usd + spend[key_id],
-                    last_used_at=sa.func.coalesce(
-                        sa.func.greatest(keys.c.last_used_at, last_used[key_id])
-                        if conn.dialect.name == "postgresql"
-                        else sa.func.max(keys.c.last_used_at, last_used[key_id]),
-                        last_used[key_id],
-                    ),
-                )
-            )
-        return dict(spend)
+    def write(self, conn: Connection, batch: Sequence[PricedUsage]) -> dict[str, float]:
+        return write_usage(conn, batch)
 
-    def written(self, batch: Sequence[_Priced], outcome: dict[str, float]) -> None:
+    def written(self, batch: Sequence[PricedUsage], outcome: dict[str, float]) -> None:
         with self._pending_lock:
             for item in batch:
                 if item.cost:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from kakehashi.gateway.context import Principal
+from kakehashi.platform.files import FileStore
 from kakehashi.platform.storage import tables
 from kakehashi.platform.storage.db import Database
 from kakehashi.platform.writer import BatchWriter
@@ -129,12 +130,19 @@ class BodyStore(BatchWriter[StoredBody]):
 
 
 class RetentionJob:
-    """Purges old bodies every ``every_seconds`` (and once at start) in the background."""
+    """Purges old bodies (and, given ``files``, expired files) every ``every_seconds`` (and
+    once at start) in the background."""
 
     def __init__(
-        self, bodies: BodyStore, *, retention_days: float, every_seconds: float = 3600.0
+        self,
+        bodies: BodyStore,
+        *,
+        retention_days: float,
+        every_seconds: float = 3600.0,
+        files: FileStore | None = None,
     ) -> None:
         self.bodies = bodies
+        self.files = files
         self.retention_days = retention_days
         self.every_seconds = every_seconds
         self._task: asyncio.Task[None] | None = None
@@ -156,6 +164,10 @@ class RetentionJob:
     async def run_once(self) -> int:
         """One purge, off the event loop."""
         deleted = await asyncio.to_thread(self.bodies.purge, older_than_days=self.retention_days)
+        if self.files is not None:
+            expired = await asyncio.to_thread(self.files.purge_expired)
+            if expired:
+                logger.info("retention: purged %d expired files", expired)
         self.runs += 1
         if deleted:
             logger.info(

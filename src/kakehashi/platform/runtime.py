@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from kakehashi.platform.batches.store import BatchStore
+from kakehashi.platform.files import FileStore
 from kakehashi.platform.keys import DatabaseKeyStore, KeyRepository, bootstrap_from_settings
 from kakehashi.platform.ledger import LedgerSink, PriceLookup, no_prices
 from kakehashi.platform.ratelimit import MemoryRateStore, PlatformLimiter, RateStore
@@ -42,6 +44,8 @@ class Platform:
     limiter: PlatformLimiter
     bodies: BodyStore
     retention: RetentionJob
+    files: FileStore
+    batches: BatchStore
 
     @classmethod
     def open(cls, settings: Settings, *, prices: PriceLookup = no_prices) -> Platform:
@@ -71,13 +75,27 @@ class Platform:
             fail_open=settings.rate_limit_fail_open,
         )
         bodies = BodyStore(db, flush_seconds=settings.ledger_flush_seconds)
-        retention = RetentionJob(bodies, retention_days=settings.retention_days)
+        files = FileStore(db, settings.data_dir / "files")
+        batches = BatchStore(db, files)
+        retention = RetentionJob(bodies, retention_days=settings.retention_days, files=files)
         logger.info(
             "platform: database %s, rate limits %s",
             db.describe(),
             "in Redis" if settings.redis_url else "in process",
         )
-        return cls(settings, db, keys, key_store, ledger, rate_store, limiter, bodies, retention)
+        return cls(
+            settings,
+            db,
+            keys,
+            key_store,
+            ledger,
+            rate_store,
+            limiter,
+            bodies,
+            retention,
+            files,
+            batches,
+        )
 
     async def start(self) -> None:
         """Start the ledger and body writers and the retention job."""
