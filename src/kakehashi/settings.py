@@ -327,6 +327,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # Platform: keys, rate limits, usage ledger, retention
+    platform: bool = Field(
+        default=True,
+        description="Keys, rate limits, the usage ledger and stored bodies in the platform "
+        "database. Off: only the settings' keys, nothing limited or metered.",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the platform database, e.g. postgresql://user@host/db "

@@ -71,6 +71,13 @@ def test_good_keys_and_open_health(secured: TestClient) -> None:
     assert secured.get("/health").status_code == 200
 
 
-def test_request_id_is_kept(client: TestClient) -> None:
-    response = client.get("/v1/models", headers={"x-request-id": "abc-123"})
-    assert response.headers["x-request-id"] == "abc-123"
+def test_request_ids_are_minted_and_the_clients_echoed(client: TestClient) -> None:
+    headers = {"x-request-id": "abc-123", "X-Client-Request-Id": "mine-1"}
+    first = client.get("/v1/models", headers=headers)
+    second = client.get("/v1/models", headers=headers)
+    # The ledger keys usage by request id: a client's reused id must not be taken as ours.
+    assert first.headers["x-request-id"].startswith("req_")
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert first.headers["x-client-request-id"] == "mine-1"
+    too_long = client.get("/v1/models", headers={"X-Client-Request-Id": "x" * 513})
+    assert "x-client-request-id" not in too_long.headers

@@ -37,7 +37,8 @@ from kakehashi.gateway.fallback import RetryPolicy
 from kakehashi.gateway.lifecycle import Clock, fixed_clock, system_clock
 from kakehashi.gateway.routing import Router
 from kakehashi.gateway.service import GatewayService
-from kakehashi.gateway.usage import JsonlUsageSink
+from kakehashi.gateway.usage import JsonlUsageSink, TeeUsageSink
+from kakehashi.platform.runtime import Platform
 from kakehashi.settings import Settings
 
 if TYPE_CHECKING:
@@ -96,14 +97,17 @@ def build_service(
     )
 
 
-def install_middleware(app: FastAPI, settings: Settings) -> None:
+def install_middleware(app: FastAPI, settings: Settings, key_store: KeyStore) -> None:
     """The middleware every request passes, outermost first: request ids and timing; the one
     handler of unexpected errors; CORS (only with ``cors_origins``); the drain; the ``Host``
     check (only without API keys); the body size limit."""
     # add_middleware puts each one outside those added before it.
     app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_body_size))
-    if not settings.auth_enabled:
-        app.add_middleware(HostGuardMiddleware, allowed=settings.allowed_hosts)
+    app.add_middleware(
+        HostGuardMiddleware,
+        allowed=settings.allowed_hosts,
+        active=lambda: not key_store.auth_required,
+    )
     app.add_middleware(DrainMiddleware, drain=app.state.drain, exempt={"/health"})
     if settings.cors_origins:
         app.add_middleware(
@@ -111,7 +115,18 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "openai-processing-ms", "Retry-After"],
+            expose_headers=[
+                "x-request-id",
+                "x-client-request-id",
+                "openai-processing-ms",
+                "Retry-After",
+                "retry-after-ms",
+                *(
+                    f"x-ratelimit-{what}-{unit}"
+                    for what in ("limit", "remaining", "reset")
+                    for unit in ("requests", "tokens")
+                ),
+            ],
             max_age=600,
         )
     app.add_middleware(UnhandledErrorMiddleware)
@@ -125,6 +140,7 @@ def create_app(
     backends: Sequence[Backend] | None = None,
     upstreams: Sequence[UpstreamRoutes] | None = None,
     clock: Clock | None = None,
+    platform: Platform | None = None,
     key_store: KeyStore | None = None,
     limiter: Limiter | None = None,
     usage: UsageSink | None = None,
@@ -134,10 +150,12 @@ def create_app(
     ``backends`` default to :func:`default_backends` (``backend`` alone replaces them with that
     one); ``upstreams`` default to the ``[[upstreams]]`` (and OpenAI for its ids when
     ``OPENAI_API_KEY`` is set). They are started when the app starts and stopped when it stops.
-    ``clock`` says what
-    day it is for model lifecycles. ``key_store`` (default: the settings' keys), ``limiter``
-    (default: none) and ``usage`` (default: the ``usage_log`` file if set, else memory) are the
-    platform's seams.
+    ``clock`` says what day it is for model lifecycles.
+
+    ``platform`` (default: opened from the settings unless ``settings.platform`` is off) gives
+    the gateway its seams: the key store, the limiter and the usage ledger. ``key_store``,
+    ``limiter`` and ``usage`` replace its parts (without a platform: the settings' keys, no
+    limits, and the ``usage_log`` file if set, else memory).
     """
     if backends is None:
         backends = [backend] if backend is not None else default_backends(settings)
@@ -146,29 +164,41 @@ def create_app(
             settings.upstreams, passthrough=settings.gateway.openai_passthrough
         )
         upstreams = upstream_backends(specs)
-    usage_log = JsonlUsageSink(settings.usage_log) if usage is None and settings.usage_log else None
+    if platform is None and settings.platform:
+        platform = Platform.open(settings)
+    if platform is not None:
+        key_store = key_store or platform.key_store
+        limiter = limiter or platform.limiter
+        usage = usage or platform.ledger
+    key_store = key_store or settings_key_store(settings)
+    usage_log = JsonlUsageSink(settings.usage_log) if settings.usage_log else None
+    if usage_log is not None:
+        usage = TeeUsageSink([usage, usage_log]) if usage is not None else usage_log
     service = build_service(
-        settings,
-        backends,
-        upstreams=upstreams,
-        clock=clock,
-        limiter=limiter,
-        usage=usage or usage_log,
+        settings, backends, upstreams=upstreams, clock=clock, limiter=limiter, usage=usage
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
+        if platform is not None:
+            await platform.start()
         try:
-            yield
+            await service.start()
+            try:
+                yield
+            finally:
+                await service.stop()
         finally:
-            await service.stop()
+            # After the backends: the ledger writes the records of the last requests.
+            if platform is not None:
+                await platform.stop()
             if usage_log is not None:
                 usage_log.close()
             app.state.platform_access.close()
 
-    # On a keyed server the API description is not public: no /docs, /redoc, /openapi.json.
-    docs = not settings.auth_enabled
+    # The API description is public only on an open server: no /docs, /redoc, /openapi.json
+    # once keys are required.
+    docs = not key_store.auth_required
     app = FastAPI(
         title="kakehashi",
         summary="An OpenAI-compatible API served from local models.",
@@ -179,11 +209,15 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
-    app.state.key_store = key_store or settings_key_store(settings)
+    app.state.key_store = key_store
+    app.state.platform = platform
     app.state.drain = Drain()
-    app.state.platform_access = PlatformAccess(settings)
+    access = PlatformAccess(settings, platform.db if platform is not None else None)
+    if platform is not None:
+        access.on_key_changed = platform.key_store.forget
+    app.state.platform_access = access
     install_error_handlers(app)
-    install_middleware(app, settings)
+    install_middleware(app, settings, key_store)
     authenticated = [Depends(request_context)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from kakehashi.api.answers import render
 from kakehashi.api.deps import ContextDep, ServiceDep, parse_body
+from kakehashi.api.retention import keep_bodies
 from kakehashi.wire.chat import ChatCompletionRequest
 
 router = APIRouter(tags=["chat"])
@@ -16,7 +17,8 @@ router = APIRouter(tags=["chat"])
 async def create_chat_completion(http: Request, service: ServiceDep, ctx: ContextDep) -> Response:
     """Create a chat completion."""
     request = await parse_body(http, ChatCompletionRequest)
-    return await render(await service.chat(request, ctx))
+    answer = await service.chat(request, ctx)
+    return await render(keep_bodies(http, ctx, "chat", request, answer))
 
 
 @router.post("/v1/engines/{engine:path}/chat/completions", include_in_schema=False)
@@ -25,4 +27,5 @@ async def create_engine_chat_completion(
 ) -> Response:
     """The same, with the model named in the path."""
     request = await parse_body(http, ChatCompletionRequest, model=engine)
-    return await render(await service.chat(request, ctx))
+    answer = await service.chat(request, ctx)
+    return await render(keep_bodies(http, ctx, "chat", request, answer))

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from kakehashi.api.answers import render
 from kakehashi.api.deps import ContextDep, ServiceDep, parse_body
+from kakehashi.api.retention import keep_bodies
 from kakehashi.wire.completions import CompletionRequest
 
 router = APIRouter(tags=["completions"])
@@ -17,7 +18,8 @@ router = APIRouter(tags=["completions"])
 async def create_completion(http: Request, service: ServiceDep, ctx: ContextDep) -> Response:
     """Create a (legacy) completion."""
     request = await parse_body(http, CompletionRequest)
-    return await render(await service.completion(request, ctx))
+    answer = await service.completion(request, ctx)
+    return await render(keep_bodies(http, ctx, "completions", request, answer))
 
 
 @router.post("/v1/engines/{engine:path}/completions", include_in_schema=False)
@@ -26,4 +28,5 @@ async def create_engine_completion(
 ) -> Response:
     """The same, with the model named in the path."""
     request = await parse_body(http, CompletionRequest, model=engine)
-    return await render(await service.completion(request, ctx))
+    answer = await service.completion(request, ctx)
+    return await render(keep_bodies(http, ctx, "completions", request, answer))

@@ -67,20 +67,20 @@ def _deadline(request: Request, limit: float) -> float:
 
 async def request_context(request: Request) -> RequestContext:
     """Who is calling, the request id and the deadline. When the key store requires keys,
-    demand ``Authorization: Bearer <a key it knows>``; an open server serves everyone as
-    :data:`OPEN_ACCESS`."""
+    demand ``Authorization: Bearer <a key it knows>``. An open server serves everyone, as
+    :data:`OPEN_ACCESS` unless they present a key it knows (whose limits and ledger then
+    apply: a key made moments ago counts before the server notices it is no longer open)."""
     store = get_key_store(request)
-    principal = OPEN_ACCESS
-    if store.auth_required:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise AuthenticationError(MISSING_KEY_MESSAGE)
-        found = await store.authenticate(key)
-        if found is None:
-            raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
-        principal = found
+    required = store.auth_required
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    presented = scheme.lower() == "bearer" and bool(key)
+    if required and not presented:
+        raise AuthenticationError(MISSING_KEY_MESSAGE)
+    found = await store.authenticate(key) if presented else None
+    if required and found is None:
+        raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
+    principal = found or OPEN_ACCESS
     request_id = getattr(request.state, "request_id", None) or f"req_{uuid.uuid4().hex}"
     limit = get_settings(request).gateway.request_timeout
     return RequestContext(principal, request_id, deadline=_deadline(request, limit))
@@ -98,7 +98,7 @@ async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
     with a cross-origin ``text/plain`` POST. ``defaults`` fill fields the body lacks (e.g.
     ``model`` from ``/engines/{engine}``).
     """
-    if not get_settings(request).auth_enabled:
+    if not get_key_store(request).auth_required:
         require_json_media_type(request.headers.get("content-type"))
     data = decode_json(await request.body())
     if isinstance(data, dict):
@@ -109,8 +109,17 @@ async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
         raise invalid_request(exc.errors()) from None
 
 
+MAX_CLIENT_REQUEST_ID = 512
+"""Longer ``X-Client-Request-Id`` values are not echoed (OpenAI's limit)."""
+
+
 class RequestIdMiddleware:
-    """Adds ``x-request-id`` (the client's, or a new one) and ``openai-processing-ms``."""
+    """Adds ``x-request-id`` and ``openai-processing-ms``, and echoes the client's own
+    ``X-Client-Request-Id``, as OpenAI does.
+
+    The request id is always minted here, never taken from the client: the usage ledger keys
+    its rows by it, so a client reusing an id must not merge two requests' usage.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -120,16 +129,20 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id")
-        request_id = incoming or f"req_{uuid.uuid4().hex}".encode()
-        scope.setdefault("state", {})["request_id"] = request_id.decode("latin-1")
+        client_id = dict(scope.get("headers") or []).get(b"x-client-request-id")
+        if client_id is not None and len(client_id) > MAX_CLIENT_REQUEST_ID:
+            client_id = None
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 elapsed = int((time.perf_counter() - started) * 1000)
                 headers = list(message.get("headers") or [])
-                headers.append((b"x-request-id", request_id))
+                headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"openai-processing-ms", str(elapsed).encode()))
+                if client_id is not None:
+                    headers.append((b"x-client-request-id", client_id))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -4,7 +4,7 @@ limit, and (on a server without API keys) ``Host`` names a web page could have m
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -80,10 +80,21 @@ def is_loopback_name(name: str) -> bool:
 
 class HostGuardMiddleware:
     """Answers only requests addressed to a loopback name or one of ``allowed`` (``*`` for
-    any, ``*.example.com`` for its subdomains): a DNS-rebinding page names its own host."""
+    any, ``*.example.com`` for its subdomains): a DNS-rebinding page names its own host.
 
-    def __init__(self, app: ASGIApp, *, allowed: Iterable[str] = ()) -> None:
+    Only while ``active()`` says so: an open server; once keys are required (the settings'
+    or the platform's, which may be created while the server runs), any host is answered.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed: Iterable[str] = (),
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.app = app
+        self.active = active
         self.allowed = frozenset(host_name(name) for name in allowed)
         self.allow_any = "*" in self.allowed
         self.suffixes = tuple(name[1:] for name in self.allowed if name.startswith("*."))
@@ -104,7 +115,7 @@ class HostGuardMiddleware:
             return
         raw = _header(scope, b"host")
         host = raw.decode("latin-1") if raw is not None else None
-        if host is None or self.accepts(host):
+        if host is None or self.accepts(host) or not self.active():
             await self.app(scope, receive, send)
             return
         shown = host if len(host) <= 100 else host[:100] + "..."

@@ -21,13 +21,15 @@ ADMIN_DISABLED_MESSAGE = (
 
 
 class PlatformAccess:
-    """The platform database for the admin routes; ``on_key_changed(key_id)`` tells the key
-    store of this process that a key changed (revoked, re-limited)."""
+    """The platform database for the admin routes: the running platform's (``db``), or one
+    opened on first use; ``on_key_changed(key_id)`` tells the key store of this process that a
+    key changed (revoked, re-limited)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings = settings
         self.on_key_changed: Callable[[str], None] = lambda _key_id: None
-        self._db: Database | None = None
+        self._db = db
+        self._owns_db = db is None
         self._lock = threading.Lock()
 
     def database(self) -> Database:
@@ -49,7 +51,7 @@ class PlatformAccess:
     def close(self) -> None:
         """Close the database, if it was opened."""
         with self._lock:
-            if self._db is not None:
+            if self._db is not None and self._owns_db:
                 self._db.close()
                 self._db = None
 

@@ -64,16 +64,28 @@ def log_to_stderr(level: str) -> None:
 
 
 def build_or_exit(console: Console, factory: Callable[[], T]) -> T:
-    """``factory()``, turning catalog configuration errors into a message and exit code 1."""
+    """``factory()``, turning catalog, upstream and database configuration errors into a
+    message and exit code 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from kakehashi.backends.embedding import EmbeddingModelNotFoundError
     from kakehashi.backends.upstream import UpstreamConfigError
     from kakehashi.errors import ConflictError
     from kakehashi.gateway.catalog import CatalogError
+    from kakehashi.platform.storage.db import DatabaseConfigError
 
     try:
         return factory()
-    except (CatalogError, EmbeddingModelNotFoundError, UpstreamConfigError) as exc:
+    except (
+        CatalogError,
+        EmbeddingModelNotFoundError,
+        UpstreamConfigError,
+        DatabaseConfigError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}")
+    except SQLAlchemyError as exc:  # the database is down or refuses us
+        cause = getattr(exc, "orig", None) or exc
+        console.print(f"[red]error:[/] cannot open the platform database: {cause}")
     except ConflictError as exc:
         console.print(f"[red]error:[/] {exc.message}")
     raise typer.Exit(1)

@@ -236,20 +236,20 @@ def serve(
         settings = settings.model_copy(
             update={"model": str(checkpoint.path), "served_model_name": model_id}
         )
-    if not settings.auth_enabled:
+    log_to_stderr(log_level)
+    application = build_or_exit(
+        console, lambda: create_app(settings, backends=default_backends(settings, checkpoint))
+    )
+    if not application.state.key_store.auth_required:
         console.print(
-            "[yellow]warning:[/] no API keys configured (--api-key or KAKEHASHI_API_KEYS): "
-            "anyone who can reach this server can use it."
+            "[yellow]warning:[/] no API keys (--api-key, KAKEHASHI_API_KEYS or "
+            "kakehashi keys create): anyone who can reach this server can use it."
         )
         if not settings.allowed_hosts:
             console.print(
                 "It answers only requests addressed to localhost, 127.0.0.1 or [::1]; "
                 "name others with --allowed-host."
             )
-    log_to_stderr(log_level)
-    application = build_or_exit(
-        console, lambda: create_app(settings, backends=default_backends(settings, checkpoint))
-    )
     service = application.state.service
     lines = []
     for backend in service.catalog.backends():

@@ -10,9 +10,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from kakehashi.gateway.context import UsageRecord, UsageStatus
+from kakehashi.gateway.context import UsageRecord, UsageSink, UsageStatus
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,22 @@ class JsonlUsageSink:
                 out.write(json.dumps(dataclasses.asdict(item)) + "\n")  # type: ignore[call-overload]
                 if self._queue.empty():
                     out.flush()
+
+
+class TeeUsageSink:
+    """Hands every record to each of ``sinks`` (the ledger and a JSON-lines log, say); one
+    sink's failure does not keep the record from the others."""
+
+    def __init__(self, sinks: Sequence[UsageSink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def record(self, usage: UsageRecord) -> None:
+        """Give ``usage`` to every sink."""
+        for sink in self.sinks:
+            try:
+                sink.record(usage)
+            except Exception:
+                logger.exception("a usage sink failed to take a record")
 
 
 def status_of(error: BaseException | None, aborted: bool) -> UsageStatus:
