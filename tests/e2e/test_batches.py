@@ -23,6 +23,7 @@ from support.server import ServerProcess, run_server
 KEY_A = "sk-batch-owner-a"
 KEY_B = "sk-batch-owner-b"  # may use tiny-alias only
 INPUT_PRICE, OUTPUT_PRICE = 2.0, 8.0  # USD per 1M tokens, for tiny-llama
+BODY_LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ output_price = {OUTPUT_PRICE}
         served_model_name=LLAMA_MODEL,
         aliases=[LLAMA_ALIAS],
         max_model_len=MAX_MODEL_LEN,
-        env={"KAKEHASHI_CONFIG": str(config)},
+        # Below the uploads of these tests: the Files API has its own limit.
+        env={"KAKEHASHI_CONFIG": str(config), "KAKEHASHI_MAX_BODY_SIZE": str(BODY_LIMIT)},
     ) as server:
         yield server
 
@@ -304,6 +306,9 @@ def test_files_round_trip_pages_and_delete_over_raw_http(batch_server: ServerPro
     url = f"{batch_server.base_url}/files"
     auth = {"Authorization": f"Bearer {KEY_B}"}
     payload = b"\x00\xffbinary\n" * 10_000  # streamed in many chunks
+    assert len(payload) > BODY_LIMIT  # uploads pass the body limit, which holds elsewhere
+    too_big = {"model": LLAMA_MODEL, "prompt": "x" * BODY_LIMIT}
+    _error(requests.post(f"{batch_server.base_url}/completions", headers=auth, json=too_big), 413)
     made = []
     for n in range(3):
         response = requests.post(

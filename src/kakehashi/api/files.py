@@ -26,6 +26,9 @@ from kakehashi.platform.files import (
 
 router = APIRouter(tags=["files"])
 
+UPLOAD_PATH = "/v1/files"
+"""Where files are uploaded: bodies up to the file size limit, not the server's body limit."""
+
 # Multipart framing around the file: a request this much over the limit is refused unread.
 _FRAMING_ALLOWANCE = 64 * 1024
 
@@ -35,7 +38,7 @@ def get_batch_service(request: Request) -> BatchService:
     return cast(BatchService, request.app.state.batch_service)
 
 
-@router.post("/v1/files")
+@router.post(UPLOAD_PATH)
 async def create_file(http: Request, ctx: ContextDep) -> dict[str, Any]:
     """Upload a file: streamed to disk, at most 512 MB."""
     service = get_batch_service(http)

@@ -57,9 +57,7 @@ class InProcessGateway:
     def __init__(self, service: GatewayService) -> None:
         self.service = service
 
-    async def __call__(
-        self, endpoint: str, body: Mapping[str, Any], ctx: RequestContext
-    ) -> Reply:
+    async def __call__(self, endpoint: str, body: Mapping[str, Any], ctx: RequestContext) -> Reply:
         try:
             answer = await self._call(endpoint, body, ctx)
         except ValidationError as exc:
@@ -70,9 +68,7 @@ class InProcessGateway:
             return _error(ServerError(INTERNAL_ERROR_MESSAGE))
         return Reply(200, json.loads(answer.model_dump_json()))
 
-    async def _call(
-        self, endpoint: str, body: Mapping[str, Any], ctx: RequestContext
-    ) -> BaseModel:
+    async def _call(self, endpoint: str, body: Mapping[str, Any], ctx: RequestContext) -> BaseModel:
         if body.get("stream"):
             raise InvalidRequestError(
                 "Streaming is not supported in a batch.", param="stream", code="invalid_value"
