@@ -36,6 +36,15 @@ DEFAULT_MAX_QUEUE_LEN = 256
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 256
 
 
+class StepError(Exception):
+    """One engine step failed; ``request_ids`` are the requests it ran, now dropped (the
+    cause is the exception's ``__cause__``)."""
+
+    def __init__(self, request_ids: list[str]) -> None:
+        super().__init__(f"an engine step failed for {len(request_ids)} request(s)")
+        self.request_ids = request_ids
+
+
 class EngineOverloadedError(ServiceUnavailableError):
     """Every running slot and every place in the queue is taken: the request is refused now
     rather than queued forever."""
@@ -305,11 +314,25 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         if not plan.scheduled:
             return chunks
-        out = self.runner.run(plan.scheduled)
-        self.num_steps += 1
-        self.num_batched_tokens += plan.num_batched_tokens
-        chunks.extend(self._process(plan.scheduled, out))
+        try:
+            out = self.runner.run(plan.scheduled)
+            self.num_steps += 1
+            self.num_batched_tokens += plan.num_batched_tokens
+            chunks.extend(self._process(plan.scheduled, out))
+        except Exception as exc:
+            # Drop only the requests this step ran (their state is unknown now); the rest,
+            # and chunks already made, carry on with the next step.
+            failed = [s.seq.request_id for s in plan.scheduled]
+            for request_id in failed:
+                self._drop(request_id)
+            self._pending = chunks + self._pending
+            raise StepError(failed) from exc
         return chunks
+
+    def _drop(self, request_id: str) -> None:
+        """Forget a request and free its blocks, without a final chunk."""
+        if self._sequences.pop(request_id, None) is not None:
+            self.scheduler.abort(request_id)
 
     # -- internals -------------------------------------------------------------------------
 
