@@ -21,6 +21,7 @@ from kakehashi.api import (
 )
 from kakehashi.api import usage as organization_usage
 from kakehashi.api.deps import RequestIdMiddleware, request_context
+from kakehashi.api.disconnect import CancelOnDisconnectMiddleware
 from kakehashi.api.drain import Drain, DrainMiddleware
 from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
 from kakehashi.api.guards import BodyLimitMiddleware, HostGuardMiddleware
@@ -100,8 +101,10 @@ def build_service(
 def install_middleware(app: FastAPI, settings: Settings, key_store: KeyStore) -> None:
     """The middleware every request passes, outermost first: request ids and timing; the one
     handler of unexpected errors; CORS (only with ``cors_origins``); the drain; the ``Host``
-    check (only without API keys); the body size limit."""
+    check (only without API keys); the body size limit; cancelling requests whose client left
+    before their answer."""
     # add_middleware puts each one outside those added before it.
+    app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_body_size))
     app.add_middleware(
         HostGuardMiddleware,
