@@ -50,9 +50,10 @@ _SOURCES = [
         "amx_linear.cpp",
         "decoder_layer.cpp",
         "prefill_attention.cpp",
+        "parallel.cpp",
     )
 ]
-_HEADERS = [_HERE / name for name in ("bf16_vec.h", "ops.h", "amx.h")]
+_HEADERS = [_HERE / name for name in ("bf16_vec.h", "ops.h", "amx.h", "parallel.h")]
 _FLAGS = [
     "-O3",
     "-fopenmp",

@@ -44,7 +44,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const bf16* xp = data(x);
   const bf16* wp = data(weight);
   bf16* yp = mutable_data(y);
-  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       rms_norm_row(xp + r * h, wp, yp + r * h, h, static_cast<float>(eps));
   });
@@ -64,7 +64,7 @@ at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& delta, const at:
   const bf16* dp = data(delta);
   const bf16* wp = data(weight);
   bf16* yp = mutable_data(y);
-  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t i = 0; i < h; i += 16) {
         const __m512 sum = _mm512_add_ps(load_bf16_as_float_masked(xp + r * h + i, h - i),
@@ -95,7 +95,7 @@ void rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signe
   bf16* xp = mutable_data(x);
   const bf16* cp = data(cos);
   const bf16* sp = data(signed_sin);
-  at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const bf16* c = cp + t * d;
       const bf16* s = sp + t * d;
@@ -130,7 +130,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   at::Tensor out = at::empty({tokens, width}, gate_up.options());
   const bf16* gp = data(gate_up);
   bf16* op = mutable_data(out);
-  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t t = begin; t < end; ++t) {
       const bf16* gate = gp + t * stride;
@@ -156,7 +156,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 // NaN is never picked). x (N, V) float32 or bfloat16 with contiguous rows.
 template <typename T>
 void argmax_rows_of(const T* xp, int64_t rows, int64_t width, int64_t stride, int64_t* op) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t r = begin; r < end; ++r) {
