@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from kakehashi.engine.async_engine import AsyncEngine
-from kakehashi.engine.engine import (
+from kakehashi.engine.config import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_QUEUE_LEN,
     EngineConfig,
-    LLMEngine,
 )
+from kakehashi.engine.engine import LLMEngine
+from kakehashi.engine.kernels import resolve_kernels
 from kakehashi.engine.models.loader import checkpoint_dtype, load_model, read_model_config
 from kakehashi.engine.tokenizer import Tokenizer
 
@@ -137,4 +138,5 @@ def build_async_engine(
         prepack_weights=prepack_weights,
         cpu_kernels=cpu_kernels,
     )
-    return AsyncEngine(LLMEngine(model, tokenizer, engine_config))
+    kernels = resolve_kernels(cpu_kernels, device=where, dtype=run_dtype)
+    return AsyncEngine(LLMEngine(model, tokenizer, engine_config, kernels))
