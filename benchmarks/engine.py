@@ -1,11 +1,12 @@
 """Engine benchmark: kakehashi vs transformers vs llama.cpp, and the machine's limits.
 
     python benchmarks/engine.py [--model smollm2-135m|qwen2.5-0.5b|all] [--quick]
-                                [--skip-llamacpp] [--skip-transformers]
+                                [--skip-llamacpp] [--skip-transformers] [--contention N]
 
 Random bf16 weights in the real shapes of each model (cached under ``.cache/bench-models``).
 Every system runs in its own process with 2 threads (the machine's cores) on the same prompts;
 the figures of one run are printed side by side with the ratios the targets of issue 3 use.
+With ``--contention N``, N busy processes run beside every system while it is measured.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from _contention import busy_processes
 from _report import print_model_report
 from _shapes import SHAPES, ModelShape, describe, model_dir
 from _steal import CpuTimes, report_line, stolen_share
@@ -48,14 +50,20 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+# Busy processes run beside every measuring child (--contention); set once by main().
+_CONTENTION = 0
+
+
 def _child(
     module: str, model: Path, workload: Workload, out: Path, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run one measuring module in a fresh Python process; return its JSON result."""
+    """Run one measuring module in a fresh Python process, beside ``--contention`` busy
+    processes; return its JSON result."""
     env = {**os.environ, "PYTHONPATH": str(BENCH_DIR), **(extra_env or {})}
     command = [sys.executable, "-m", module, "--model-dir", str(model)]
     command += ["--workload", workload.to_json(), "--out", str(out)]
-    subprocess.run(command, check=True, env=env)
+    with busy_processes(_CONTENTION):
+        subprocess.run(command, check=True, env=env)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -144,7 +152,18 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print where kakehashi's decode steps spend time"
     )
+    parser.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy processes beside every system while it is measured (default 0)",
+    )
     args = parser.parse_args()
+    if args.contention < 0:
+        parser.error("--contention must be 0 or more")
+    global _CONTENTION
+    _CONTENTION = args.contention
     workload = Workload.quick() if args.quick else Workload()
     if args.profile:
         workload = replace(workload, profile=True)
@@ -157,6 +176,8 @@ def main() -> None:
     )
     print(f"workload: {workload.to_json()}")
     print(f"load average before: {_load()} (anything above ~0.5 means others share the cores)")
+    if args.contention:
+        print(f"contention: {args.contention} busy processes beside every system measured")
     limits = _measure_limits("before", args.quick)
     report: dict[str, Any] = {"workload": json.loads(workload.to_json())}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
