@@ -89,10 +89,14 @@ if sys.argv[1] == "pinned":
     for _ in range(300):
         assert torch.equal(torch.ops.kakehashi.linear(x, w, None), want)
 else:
+    torch.set_num_threads(2)
     pid = os.fork()  # the pool's workers stay behind in the parent
     if pid == 0:
+        alone = len(os.listdir("/proc/self/task"))
         ok = torch.equal(torch.ops.kakehashi.linear(x, w, None), want)
-        os._exit(0 if ok else 3)
+        # the child starts a worker of its own rather than running every loop alone
+        helped = len(os.listdir("/proc/self/task")) > alone
+        os._exit(0 if ok and helped else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 print("same bits")

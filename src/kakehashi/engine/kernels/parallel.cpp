@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -43,6 +44,8 @@ constexpr auto kWorkerSpin = std::chrono::microseconds(KH_WORKER_SPIN_US);
 // How long the calling thread spins on a claimed chunk before it yields its core (to the
 // thread that holds the chunk, if that thread is waiting for one).
 constexpr auto kOwnerSpin = std::chrono::microseconds(50);
+// The chunk index of a loop that is being published: no chunk of it can be claimed yet.
+constexpr uint64_t kClosed = 0xFFFFFFFFu;
 
 thread_local bool t_in_loop = false;
 
@@ -83,6 +86,12 @@ class Pool {
     }
     active_workers_.store(workers, std::memory_order_relaxed);
     const uint32_t gen = ++generation_;
+    // Close the word before the fields change: a worker still in the last loop's
+    // claim_and_run may have read its state and be about to read the fields. Whatever new
+    // field it reads, the fences make its compare-exchange see this store and fail, so it
+    // can never run (or count as done) a chunk made of two loops' fields.
+    state_.store(static_cast<uint64_t>(gen) << 32 | kClosed, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
     fn_.store(fn, std::memory_order_relaxed);
     body_.store(body, std::memory_order_relaxed);
     begin_.store(begin, std::memory_order_relaxed);
@@ -119,8 +128,9 @@ class Pool {
                         index * chunk_.load(std::memory_order_relaxed);
       const int64_t e = std::min(end_.load(std::memory_order_relaxed),
                                  b + chunk_.load(std::memory_order_relaxed));
-      // An unchanged word proves the fields above were this loop's: it cannot end, nor the
-      // next be published, while this chunk is unclaimed.
+      // An unchanged word proves the fields above were this loop's: it cannot end while this
+      // chunk is unclaimed, and the next loop closes the word before it touches a field.
+      std::atomic_thread_fence(std::memory_order_acquire);
       if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
       try {
         fn(body, b, e);
@@ -184,9 +194,19 @@ class Pool {
   std::exception_ptr error_;
 };
 
+Pool*& instance() {
+  static Pool* pool = new Pool();  // never destroyed: its workers outlive main()
+  return pool;
+}
+
+// A forked child has none of its parent's workers (and maybe a lock held by one of its other
+// threads): it starts a pool of its own, and the parent's copy is left unused.
+void renew_after_fork() { instance() = new Pool(); }
+
 Pool& pool() {
-  static Pool* const instance = new Pool();  // never destroyed: its workers outlive main()
-  return *instance;
+  static const int registered = pthread_atfork(nullptr, nullptr, renew_after_fork);
+  (void)registered;
+  return *instance();
 }
 
 }  // namespace
