@@ -109,6 +109,17 @@ def test_rotary_matches_the_model_formula(tokens, heads, head_dim):
     assert torch.equal(got[:, heads:], x[:, heads:])
 
 
+@pytest.mark.parametrize("count", [0, 1, 300])
+def test_embedding_is_torchs_lookup(count):
+    table = _rand(1000, 72, seed=31)
+    ids = torch.randint(0, 1000, (count,), generator=torch.Generator().manual_seed(32))
+    assert torch.equal(ops.embedding(table, ids), F.embedding(ids, table))
+    with pytest.raises(RuntimeError, match="id 1000 is out of range for 1000 rows"):
+        ops.embedding(table, torch.tensor([3, 1000]))
+    with pytest.raises(RuntimeError, match="id -1 is out of range"):
+        ops.embedding(table, torch.tensor([-1]))
+
+
 @pytest.mark.parametrize(("rows", "width"), [(1, 1536), (4, 100)])
 def test_silu_mul_matches_torch(rows, width):
     gate_up = _rand(rows, 2 * width, seed=19, scale=4.0)

@@ -20,6 +20,7 @@ Once loaded the ops are ``torch.ops.kakehashi.*``:
   query token per sequence against its paged keys and values.
 - ``rotary_``, ``silu_mul``, ``add_rms_norm_``: the small steps between them, fused.
 - ``argmax_rows(x)``: ``torch.argmax(x, -1)`` for float32 or bfloat16 logits.
+- ``embedding(table, ids)``: the rows of a bfloat16 table (the token embedding).
 - ``store_kv_(k_cache, v_cache, slots, k, v)``: a step's keys and values into their slots.
 - ``paged_prefill_attention(q, k_cache, v_cache, block_table, context_len, scale)``: causal
   attention of a prompt chunk against its sequence's paged keys and values (AMX only).

@@ -4,6 +4,7 @@
 #include "bf16_vec.h"
 #include "ops.h"
 
+#include <cstring>
 #include <type_traits>
 
 namespace {
@@ -204,6 +205,29 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   return out;
 }
 
+// The rows of `table` (V, H) bfloat16 named by `ids` (T,) int64: torch's embedding, on our
+// pool. torch's own lookup runs an OpenMP region for a prompt chunk, and OpenMP's threads
+// then spin for milliseconds on the cores our pool's loops want.
+at::Tensor embedding(const at::Tensor& table, const at::Tensor& ids) {
+  check_bf16(table, "table", 2);
+  TORCH_CHECK(table.stride(1) == 1, "table must have contiguous rows");
+  TORCH_CHECK(ids.device().is_cpu() && ids.dim() == 1 && ids.scalar_type() == at::kLong,
+              "ids must be a 1-D int64 CPU tensor");
+  const int64_t rows = table.size(0), h = table.size(1), n = ids.size(0);
+  const at::Tensor idx = ids.contiguous();
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < n; ++t)
+    TORCH_CHECK(ip[t] >= 0 && ip[t] < rows, "id ", ip[t], " is out of range for ", rows, " rows");
+  at::Tensor out = at::empty({n, h}, table.options());
+  const bf16* tp = data(table);
+  bf16* op = mutable_data(out);
+  parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      std::memcpy(op + t * h, tp + ip[t] * table.stride(0), h * sizeof(bf16));
+  });
+  return out;
+}
+
 }  // namespace kakehashi::cpu
 
 TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
@@ -212,6 +236,7 @@ TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
   m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor signed_sin, int heads) -> ()");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
   m.def("argmax_rows(Tensor x) -> Tensor");
+  m.def("embedding(Tensor table, Tensor ids) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
@@ -220,4 +245,5 @@ TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
   m.impl("rotary_", &kakehashi::cpu::rotary_);
   m.impl("silu_mul", &kakehashi::cpu::silu_mul);
   m.impl("argmax_rows", &kakehashi::cpu::argmax_rows);
+  m.impl("embedding", &kakehashi::cpu::embedding);
 }

@@ -59,12 +59,22 @@ RotaryAngles = tuple[torch.Tensor, torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (the "rotate half" layout), with optional frequency scaling."""
+    """Rotary position embedding (the "rotate half" layout), with optional frequency scaling.
+
+    The angles of every position up to the largest one seen so far are kept in a table that
+    grows by doubling, so a step looks its positions up instead of computing them. Computing
+    them took two multithreaded MKL calls per step (for a handful of values), whose threads
+    then spun on the cores our CPU kernels' own pool was working on (decode at batch 8 lost a
+    fifth of its speed).
+    """
+
+    _MIN_TABLE = 256  # positions in the first table
 
     def __init__(self, head_dim: int, theta: float, scaling: dict | None) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
         self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self._table: RotaryAngles | None = None  # (P, D) cos and signed sin
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -73,13 +83,37 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
         inv_freq = 1.0 / (self.theta ** (exponents.float() / self.head_dim))  # (D/2,)
         self.inv_freq = _scale_inv_freq(inv_freq, self.scaling)
+        self._table = None
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RotaryAngles:
         """cos and signed sin for each position (float32, then cast), shape (T, 1, D)."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        if positions.numel() == 0:
+            empty = torch.empty(0, 1, self.head_dim, dtype=dtype, device=positions.device)
+            return empty, empty
+        cos, signed_sin = self._angles_up_to(int(positions.max()) + 1, dtype)
+        return cos.index_select(0, positions)[:, None], signed_sin.index_select(0, positions)[
+            :, None
+        ]
+
+    def _angles_up_to(self, count: int, dtype: torch.dtype) -> RotaryAngles:
+        """The table, grown if it has fewer than ``count`` positions or another dtype."""
+        table = self._table
+        device = self.inv_freq.device
+        if table is not None and (table[0].dtype, table[0].device) != (dtype, device):
+            table = None
+        if table is None or table[0].shape[0] < count:
+            size = max(self._MIN_TABLE, table[0].shape[0] * 2 if table is not None else 0)
+            while size < count:
+                size *= 2
+            table = self._compute(torch.arange(size, device=device), dtype)
+            self._table = table
+        return table
+
+    def _compute(self, positions: torch.Tensor, dtype: torch.dtype) -> RotaryAngles:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (P, D/2)
         cos, sin = freqs.cos(), freqs.sin()
-        cos = torch.cat((cos, cos), dim=-1)[:, None, :]  # (T, 1, D)
-        signed_sin = torch.cat((-sin, sin), dim=-1)[:, None, :]
+        cos = torch.cat((cos, cos), dim=-1)  # (P, D)
+        signed_sin = torch.cat((-sin, sin), dim=-1)
         return cos.to(dtype), signed_sin.to(dtype)
 
 
@@ -386,6 +420,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         # Set by use_kernels: decode-only steps may run each layer as one kernel call, for
         # batches whose projections our kernels handle well (AMX for several rows).
+        self.kernels = TORCH_KERNELS
         self.fused_decode = False
         self.fused_decode_max_rows = 0
 
@@ -422,6 +457,7 @@ class LlamaForCausalLM(nn.Module):
                 module.prepare(kernels, pack=pack)
             elif isinstance(module, RMSNorm | Attention | MLP):
                 module.kernels = kernels
+        self.kernels = kernels
         self.fused_decode = kernels.bf16
         # Without AMX, several rows would go through the matrix-vector kernel, which reads the
         # weight once per four rows: oneDNN (the unfused path) is faster there.
@@ -436,7 +472,10 @@ class LlamaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
     ) -> torch.Tensor:
         """input_ids, positions: (T,) → final-normed hidden states (T, H)."""
-        x = self.embed_tokens(input_ids)  # (T, H)
+        if self.kernels.bf16 and input_ids.device.type == "cpu":
+            x = torch.ops.kakehashi.embedding(self.embed_tokens.weight, input_ids)  # (T, H)
+        else:
+            x = self.embed_tokens(input_ids)
         rope = self.rotary(positions, x.dtype)  # shared by every layer
         pending = None
         decode = ctx.paged_decode if self.fused_decode else None
