@@ -50,29 +50,25 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-# Busy processes run beside every measuring child (--contention); set once by main().
-_CONTENTION = 0
-
-
 def _child(
     module: str, model: Path, workload: Workload, out: Path, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run one measuring module in a fresh Python process, beside ``--contention`` busy
-    processes; return its JSON result."""
+    """Run one measuring module in a fresh Python process; return its JSON result."""
     env = {**os.environ, "PYTHONPATH": str(BENCH_DIR), **(extra_env or {})}
     command = [sys.executable, "-m", module, "--model-dir", str(model)]
     command += ["--workload", workload.to_json(), "--out", str(out)]
-    with busy_processes(_CONTENTION):
-        subprocess.run(command, check=True, env=env)
+    subprocess.run(command, check=True, env=env)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def _guarded(label: str, fn: Any, *args: Any) -> dict[str, Any]:
-    """Run one system's measurements; a failure is reported, not fatal to the others."""
+def _guarded(label: str, fn: Any, *args: Any, contention: int = 0) -> dict[str, Any]:
+    """Run one system's measurements beside ``contention`` busy processes; a failure is
+    reported, not fatal to the others."""
     start = time.perf_counter()
     print(f"  {label}...", flush=True)
     try:
-        result = fn(*args)
+        with busy_processes(contention):
+            result = fn(*args)
     except subprocess.CalledProcessError as exc:
         print(f"  {label} FAILED: {describe_failure(exc)}", flush=True)
         return {"error": describe_failure(exc)}
@@ -101,7 +97,13 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         result["kakehashi"] = _guarded(
-            "kakehashi", _child, "_kakehashi", model, workload, tmp_dir / "kakehashi.json"
+            "kakehashi",
+            _child,
+            "_kakehashi",
+            model,
+            workload,
+            tmp_dir / "kakehashi.json",
+            contention=args.contention,
         )
         if not args.skip_torch_only:
             # The same engine on torch's kernels only: what our CPU kernels add, in this run.
@@ -113,6 +115,7 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
                 replace(workload, profile=False),
                 tmp_dir / "kakehashi-torch.json",
                 {"KAKEHASHI_CPU_KERNELS": "0"},
+                contention=args.contention,
             )
         reference = tmp_dir / "transformers.logits.npy"
         if not args.skip_transformers:
@@ -123,11 +126,17 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
                 model,
                 workload,
                 tmp_dir / "transformers.json",
+                contention=args.contention,
             )
         if not args.skip_llamacpp:
             if reference.is_file():
                 result["llamacpp"] = _guarded(
-                    "llama.cpp", llamacpp.run, model, workload.to_json(), reference
+                    "llama.cpp",
+                    llamacpp.run,
+                    model,
+                    workload.to_json(),
+                    reference,
+                    contention=args.contention,
                 )
             else:
                 print("  llama.cpp skipped: it needs transformers' reference logits", flush=True)
@@ -162,8 +171,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.contention < 0:
         parser.error("--contention must be 0 or more")
-    global _CONTENTION
-    _CONTENTION = args.contention
     workload = Workload.quick() if args.quick else Workload()
     if args.profile:
         workload = replace(workload, profile=True)
