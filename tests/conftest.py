@@ -16,7 +16,7 @@ import pytest
 def _isolated_kakehashi_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests never read the developer's ``KAKEHASHI_*`` settings nor write to their data dir."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in [key for key in os.environ if key.startswith("KAKEHASHI_")]:
+        for name in [k for k in os.environ if k.startswith("KAKEHASHI_") or k == "OPENAI_API_KEY"]:
             patch.delenv(name)
         patch.setenv("KAKEHASHI_DATA_DIR", str(tmp_path_factory.mktemp("kakehashi-data")))
         yield

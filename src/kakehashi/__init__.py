@@ -5,7 +5,6 @@ The public API is what ``__all__`` lists; everything else may change between rel
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from kakehashi.errors import (
@@ -20,15 +19,12 @@ from kakehashi.errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from kakehashi.settings import Settings
 
 if TYPE_CHECKING:
     from kakehashi.api.app import create_app
+    from kakehashi.settings import Settings
 
-try:
-    __version__ = version("kakehashi")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+    __version__: str
 
 __all__ = [
     "AuthenticationError",
@@ -48,9 +44,22 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # create_app pulls in FastAPI and the backends; import it only when asked for.
+    # Imported when first asked for: create_app pulls in FastAPI and the backends, Settings
+    # pydantic-settings, and reading the version importlib.metadata. The client kit and the
+    # command line start faster without them.
     if name == "create_app":
         from kakehashi.api.app import create_app
 
         return create_app
+    if name == "Settings":
+        from kakehashi.settings import Settings
+
+        return Settings
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("kakehashi")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0.0.0"
     raise AttributeError(f"module 'kakehashi' has no attribute {name!r}")

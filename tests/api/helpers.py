@@ -18,7 +18,7 @@ API_KEY = "sk-api-test-0123456789"
 def make_client(backend: FakeBackend | None = None, **settings: Any) -> TestClient:
     """A client of an app on ``backend`` (a fresh FakeBackend by default)."""
     app = create_app(Settings(**settings), backend=backend or FakeBackend())
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 def chat_body(**overrides: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.helpers import chat_body, expect_error, make_client
 from kakehashi.backends.fake import FAKE_MODEL_ID
+from kakehashi.gateway.builtin import openai_name_specs
 from kakehashi.settings import Settings
 from support.openapi import validate
 
@@ -41,10 +42,14 @@ def visible(client: TestClient, key: str) -> list[str]:
 
 
 def test_listing_depends_on_the_key(client: TestClient) -> None:
-    edit_models = ["text-davinci-edit-001", "code-davinci-edit-001"]
-    assert visible(client, FREE) == [FAKE_MODEL_ID, *edit_models]
-    assert visible(client, PAID) == [FAKE_MODEL_ID, *edit_models, "gpt-4"]
-    assert visible(client, OPEN) == [FAKE_MODEL_ID, *edit_models, "gpt-4", "tier-2-only"]
+    # The edit models and the OpenAI names the catalog answers by default, but for gpt-4,
+    # which the settings configure (and restrict) themselves.
+    defaults = [spec.id for spec in openai_name_specs(Settings(**SETTINGS).models)]
+    assert "gpt-4" not in defaults and "gpt-4o" in defaults
+    builtin = ["text-davinci-edit-001", "code-davinci-edit-001", *defaults]
+    assert visible(client, FREE) == [FAKE_MODEL_ID, *builtin]
+    assert visible(client, PAID) == [FAKE_MODEL_ID, *builtin, "gpt-4"]
+    assert visible(client, OPEN) == [FAKE_MODEL_ID, *builtin, "gpt-4", "tier-2-only"]
     assert visible(client, LISTED) == ["gpt-4"]
 
 
@@ -85,6 +90,8 @@ def test_a_key_with_access_uses_the_gated_model(client: TestClient, key: str) ->
         "object": "model",
         "created": card["created"],
         "owned_by": "openai",
+        "context_window": 1024,  # the fake backend's, which answers gpt-4 here
+        "max_model_len": 1024,
     }
     response = client.post("/v1/chat/completions", json=chat_body(model="gpt-4"), headers=auth(key))
     assert response.status_code == 200, response.text

@@ -191,11 +191,20 @@ def test_non_stream_engine_failure_is_500() -> None:
     assert error["type"] == "server_error"
 
 
-def test_requests_style_body_without_content_type(client: TestClient) -> None:
+def test_requests_style_body_without_content_type_needs_a_key() -> None:
+    """A keyed server reads the body whatever its type; an open one wants JSON declared."""
     import json
 
-    response = client.post("/v1/chat/completions", content=json.dumps(chat_body()))
-    assert response.status_code == 200, response.text
+    from api.helpers import API_KEY, expect_error, make_client
+
+    body = json.dumps(chat_body())
+    with make_client(api_keys=[API_KEY]) as keyed:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        response = keyed.post("/v1/chat/completions", content=body, headers=auth)
+        assert response.status_code == 200, response.text
+    with make_client() as open_server:
+        error = expect_error(open_server.post("/v1/chat/completions", content=body), 415)
+        assert error["code"] == "unsupported_media_type"
 
 
 def test_engine_path_chat(client: TestClient) -> None:
@@ -203,3 +212,14 @@ def test_engine_path_chat(client: TestClient) -> None:
     response = client.post(f"/v1/engines/{FAKE_MODEL_ID}/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == FAKE_MODEL_ID
+
+
+def test_stop_null_is_no_stop_and_five_are_too_many(client: TestClient) -> None:
+    # openai 0.28 code passes stop=None explicitly (seed 001): it means "no stop sequence".
+    for path, body in (
+        ("/v1/chat/completions", {**chat_body(), "stop": None}),
+        ("/v1/completions", {"model": chat_body()["model"], "prompt": "hi", "stop": None}),
+    ):
+        assert client.post(path, json=body).status_code == 200
+        error = client.post(path, json={**body, "stop": ["a", "b", "c", "d", "e"]}).json()
+        assert error["error"]["param"] == "stop"

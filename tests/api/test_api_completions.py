@@ -96,10 +96,10 @@ def test_echo_with_prompt_logprobs(client: TestClient) -> None:
     [choice] = body["choices"]
     assert choice["text"] == "abcab"
     logprobs = choice["logprobs"]
-    assert logprobs["tokens"] == ["<|begin|>", "a", "b", "c", "a", "b"]
-    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
-    assert all(isinstance(v, float) for v in logprobs["token_logprobs"][1:])
-    assert logprobs["text_offset"] == [0, 0, 1, 2, 3, 4]
+    # The BOS the tokenizer added is read but not echoed: the tokens spell the text exactly.
+    assert logprobs["tokens"] == ["a", "b", "c", "a", "b"]
+    assert all(isinstance(v, float) for v in logprobs["token_logprobs"])
+    assert logprobs["text_offset"] == [0, 1, 2, 3, 4]
 
 
 def test_echo_without_logprobs_and_max_tokens_zero(client: TestClient) -> None:
@@ -108,7 +108,7 @@ def test_echo_without_logprobs_and_max_tokens_zero(client: TestClient) -> None:
     [choice] = body["choices"]
     assert choice["text"] == "abc"
     assert choice["finish_reason"] == "length"
-    assert choice["logprobs"]["tokens"] == ["<|begin|>", "a", "b", "c"]
+    assert choice["logprobs"]["tokens"] == ["a", "b", "c"]
 
 
 def test_stream(client: TestClient) -> None:

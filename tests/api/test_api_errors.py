@@ -11,6 +11,7 @@ from api.helpers import chat_body, expect_error, make_client
 from kakehashi.backends.fake import FAKE_MODEL_ID, FakeBackend
 
 CHAT = "/v1/chat/completions"
+JSON_TYPE = {"Content-Type": "application/json"}
 COMPLETIONS = "/v1/completions"
 
 # (path, body, param, code)
@@ -136,7 +137,7 @@ def test_messages_say_what_is_wrong(client: TestClient) -> None:
 @pytest.mark.parametrize("raw", [b'{"model": "x", "messages": [', b"not json", b"", b"\xff"])
 def test_malformed_json(client: TestClient, raw: bytes) -> None:
     for path in (CHAT, COMPLETIONS):
-        error = expect_error(client.post(path, content=raw), 400)
+        error = expect_error(client.post(path, content=raw, headers=JSON_TYPE), 400)
         assert error["message"].startswith("We could not parse the JSON body of your request.")
         assert error["param"] is None
 
@@ -155,7 +156,7 @@ def test_unknown_model(client: TestClient) -> None:
         assert error == {
             "message": "The model `gpt-x` does not exist or you do not have access to it.",
             "type": "invalid_request_error",
-            "param": "model",
+            "param": None,  # as OpenAI sends it (seed 000 shows it verbatim)
             "code": "model_not_found",
         }
     error = expect_error(client.post(CHAT, json=chat_body(model="gpt-x", stream=True)), 404)
@@ -194,7 +195,7 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 def test_unexpected_exception_is_a_500_envelope() -> None:
     class BrokenBackend(FakeBackend):
-        async def chat_completion(self, request: Any) -> Any:
+        async def chat(self, request: Any, call: Any) -> Any:
             raise RuntimeError("boom")
 
     with make_client(BrokenBackend()) as client:

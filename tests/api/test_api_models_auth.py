@@ -7,18 +7,21 @@ from fastapi.testclient import TestClient
 
 from api.helpers import API_KEY, chat_body, expect_error, make_client
 from kakehashi.backends.fake import FAKE_MODEL_ID
+from kakehashi.gateway.builtin import openai_name_specs
 from support.openapi import validate
 
 
 def test_list_and_retrieve_models(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     validate("ListModelsResponse", body)
-    # The built-in catalog adds OpenAI's two edit models (deprecated, still served by /v1/edits).
+    # The built-in catalog adds OpenAI's two edit models (deprecated, still served by
+    # /v1/edits) and the OpenAI model names it answers with the served model.
     assert [m["id"] for m in body["data"]] == [
         FAKE_MODEL_ID,
         "org/alias-model",
         "text-davinci-edit-001",
         "code-davinci-edit-001",
+        *(spec.id for spec in openai_name_specs()),
     ]
     for model in body["data"]:
         response = client.get(f"/v1/models/{model['id']}")
@@ -26,7 +29,7 @@ def test_list_and_retrieve_models(client: TestClient) -> None:
         validate("Model", response.json())
         assert response.json() == model
     error = expect_error(client.get("/v1/models/org/other"), 404)
-    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert error["code"] == "model_not_found" and error["param"] is None
 
 
 def test_health(client: TestClient) -> None:
@@ -68,6 +71,13 @@ def test_good_keys_and_open_health(secured: TestClient) -> None:
     assert secured.get("/health").status_code == 200
 
 
-def test_request_id_is_kept(client: TestClient) -> None:
-    response = client.get("/v1/models", headers={"x-request-id": "abc-123"})
-    assert response.headers["x-request-id"] == "abc-123"
+def test_request_ids_are_minted_and_the_clients_echoed(client: TestClient) -> None:
+    headers = {"x-request-id": "abc-123", "X-Client-Request-Id": "mine-1"}
+    first = client.get("/v1/models", headers=headers)
+    second = client.get("/v1/models", headers=headers)
+    # The ledger keys usage by request id: a client's reused id must not be taken as ours.
+    assert first.headers["x-request-id"].startswith("req_")
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert first.headers["x-client-request-id"] == "mine-1"
+    too_long = client.get("/v1/models", headers={"X-Client-Request-Id": "x" * 513})
+    assert "x-client-request-id" not in too_long.headers

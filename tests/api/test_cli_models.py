@@ -37,23 +37,27 @@ def test_status_and_access(tmp_path: Path) -> None:
     assert during["text-davinci-003"]["status"] == (
         "deprecated until 2024-01-04 → gpt-3.5-turbo-instruct"
     )
-    assert during["kakehashi-demo"]["status"] == "active"
+    assert during["smollm2-135m-instruct"]["status"] == "active"
     assert during["text-embedding-ada-002"]["serves"] == "all-MiniLM-L6-v2"
     assert during["gpt-4"]["access"] == "yes"  # no key given: the operator's view
-    assert during["gpt-4"]["serves"] == "kakehashi-demo"
+    assert during["gpt-4"]["serves"] == "smollm2-135m-instruct"
+    # OpenAI's current names are answered by the default model too, and say so.
+    for name in ("gpt-3.5-turbo", "gpt-4o", "gpt-4.1", "chatgpt-4o-latest"):
+        assert during[name]["serves"] == "smollm2-135m-instruct"
+        assert during[name]["capabilities"] == ["chat"] and during[name]["status"] == "active"
 
     after = rows("--config", str(config), "--now", "2024-01-04", "--key", "sk-free-key-1")
     assert after["text-davinci-003"]["status"] == "retired → gpt-3.5-turbo-instruct"
     assert after["text-davinci-003"]["retired"] is True
     assert after["text-davinci-edit-001"]["status"] == "deprecated → gpt-4"
     assert after["gpt-4"]["access"].startswith("no (tiers: tier-1, tier-2")
-    assert after["kakehashi-demo"]["access"] == "yes"
+    assert after["smollm2-135m-instruct"]["access"] == "yes"
 
 
 def test_table_and_bad_key(tmp_path: Path) -> None:
     table = runner.invoke(app, ["models", "--now", "2024-01-04"])
     assert table.exit_code == 0, table.output
-    assert "retired → babbage-002" in table.output and "kakehashi-demo" in table.output
+    assert "retired → babbage-002" in table.output and "smollm2-135m-instruct" in table.output
     bad = runner.invoke(app, ["models", "--key", "sk-unknown"])
     assert bad.exit_code == 1 and "not one of the configured keys" in bad.output
     broken = tmp_path / "broken.toml"

@@ -40,7 +40,7 @@ def _settings() -> Settings:
 @pytest.fixture(scope="module")
 def client(embedder: LocalEmbeddingBackend) -> Iterator[TestClient]:
     app = create_app(_settings(), backends=[FakeBackend(), embedder])
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as test_client:
         yield test_client
 
 

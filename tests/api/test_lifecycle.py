@@ -66,7 +66,7 @@ def client(calendar: Calendar, tmp_path_factory: pytest.TempPathFactory) -> Iter
     embedder = LocalEmbeddingBackend.from_settings(settings)
     assert embedder is not None, "the `embeddings` extra is not installed"
     app = create_app(settings, backends=[FakeBackend(), embedder], clock=calendar)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = "Bearer sk-lifecycle-a"
         yield test_client
 
@@ -122,7 +122,7 @@ def test_after_shutdown_404_names_the_replacement(client: TestClient, calendar: 
         "message": "The model `text-davinci-003` has been deprecated and was shut down on "
         "2024-01-04; use `gpt-3.5-turbo-instruct` instead.",
         "type": "invalid_request_error",
-        "param": "model",
+        "param": None,
         "code": "model_not_found",
     }
     assert "text-davinci-003" not in listed(client)
@@ -205,8 +205,13 @@ def test_deprecation_warning_is_logged_once_per_key(
 
 
 def test_settable_clock_from_settings(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(now=date(2023, 12, 1)), backend=FakeBackend())) as early:
+    with TestClient(
+        create_app(Settings(now=date(2023, 12, 1)), backend=FakeBackend()),
+        base_url="http://127.0.0.1",
+    ) as early:
         assert complete(early, "text-davinci-003").headers["deprecation"] == ANNOUNCED
-    with TestClient(create_app(Settings(), backend=FakeBackend())) as today:
+    with TestClient(
+        create_app(Settings(), backend=FakeBackend()), base_url="http://127.0.0.1"
+    ) as today:
         assert complete(today, "text-davinci-003").status_code == 404
         assert complete(today, FAKE_MODEL_ID).status_code == 200

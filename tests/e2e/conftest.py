@@ -56,6 +56,29 @@ def llama_server(tiny_llama_dir: Path, server_data_dir: Path) -> Iterator[Server
         yield server
 
 
+OPEN_ALLOWED_HOST = "api.example.test"
+OPEN_CORS_ORIGIN = "http://app.example.test"
+OPEN_MAX_BODY = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def open_server(tiny_llama_dir: Path, server_data_dir: Path) -> Iterator[ServerProcess]:
+    """The tiny Llama on a server without API keys: one extra allowed Host name, one CORS
+    origin, a 256 KiB body limit."""
+    with run_server(
+        tiny_llama_dir,
+        data_dir=server_data_dir,
+        served_model_name=LLAMA_MODEL,
+        max_model_len=MAX_MODEL_LEN,
+        extra_args=[
+            *("--allowed-host", OPEN_ALLOWED_HOST),
+            *("--cors-origin", OPEN_CORS_ORIGIN),
+            *("--max-body-size", "256KiB"),
+        ],
+    ) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def client(llama_server: ServerProcess) -> Iterator[openai.OpenAI]:
     """The official SDK client for ``llama_server``."""

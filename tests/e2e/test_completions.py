@@ -72,18 +72,26 @@ def test_echo(client: openai.OpenAI) -> None:
     assert res.choices[0].text == PROMPT + plain
 
 
-def test_echo_with_logprobs(client: openai.OpenAI) -> None:
+def test_echo_with_logprobs(client: openai.OpenAI, llama_tokenizer: TinyTokenizer) -> None:
     plain = complete(client, temperature=0, max_tokens=4, logprobs=1)
     res = complete(client, temperature=0, max_tokens=4, logprobs=1, echo=True)
     [choice] = res.choices
     logprobs = choice.logprobs
     assert choice.text == PROMPT + plain.choices[0].text
-    assert len(logprobs.tokens) == res.usage.prompt_tokens + res.usage.completion_tokens
-    assert logprobs.token_logprobs[0] is None  # the first prompt token has no logprob
+    # The model read the BOS its tokenizer adds, but the tokens spell exactly the echoed text,
+    # offsets included, as lm-eval-style scorers expect.
+    prompt_tokens = len(llama_tokenizer.encode(PROMPT, special=False))
+    assert res.usage.prompt_tokens == prompt_tokens + 1
+    assert len(logprobs.tokens) == prompt_tokens + res.usage.completion_tokens
+    assert "".join(logprobs.tokens[:prompt_tokens]) == PROMPT
     assert logprobs.text_offset[0] == 0
+    assert logprobs.text_offset[:prompt_tokens] == [
+        len("".join(logprobs.tokens[:i])) for i in range(prompt_tokens)
+    ]
     assert logprobs.text_offset == sorted(logprobs.text_offset)
+    assert logprobs.token_logprobs[0] <= 0  # scored: it follows the BOS
     # the generated part is the same as without echo
-    completion_part = slice(res.usage.prompt_tokens, None)
+    completion_part = slice(prompt_tokens, None)
     assert logprobs.tokens[completion_part] == plain.choices[0].logprobs.tokens
     for echoed, alone in zip(
         logprobs.token_logprobs[completion_part],
@@ -99,8 +107,9 @@ def test_echo_scores_the_prompt_with_zero_max_tokens(client: openai.OpenAI) -> N
     assert choice.text == PROMPT
     assert res.usage.completion_tokens == 0
     assert res.usage.total_tokens == res.usage.prompt_tokens
-    assert len(choice.logprobs.tokens) == res.usage.prompt_tokens
-    assert all(value <= 0 for value in choice.logprobs.token_logprobs[1:])
+    assert "".join(choice.logprobs.tokens) == PROMPT  # no BOS
+    assert len(choice.logprobs.tokens) == res.usage.prompt_tokens - 1
+    assert all(value <= 0 for value in choice.logprobs.token_logprobs)
 
 
 def _check_legacy_logprobs(choice: Any, k: int, prompt_offset: int) -> None:

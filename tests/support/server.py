@@ -26,7 +26,14 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["RunningProcess", "ServerProcess", "free_port", "run_process", "run_server"]
+__all__ = [
+    "RunningProcess",
+    "ServerProcess",
+    "free_port",
+    "run_fake_upstream",
+    "run_process",
+    "run_server",
+]
 
 _STOP_GRACE_SECONDS = 15.0
 _OUTPUT_TAIL_CHARS = 8000
@@ -125,12 +132,14 @@ def run_process(
     startup_timeout: float = 60.0,
     cwd: str | Path | None = None,
     clean_exit: bool = False,
+    may_exit: bool = False,
 ) -> Iterator[RunningProcess]:
     """Start ``argv`` (which must listen on 127.0.0.1:``port``), wait for ``health_path`` to
     answer 200, yield it, and stop it afterwards.
 
-    Leaving the block fails if the process died meanwhile, and with ``clean_exit`` also if it
-    did not exit on SIGTERM within the grace period (with status 0 or by the signal itself).
+    Leaving the block fails if the process died meanwhile (unless ``may_exit``: the test
+    stopped it itself), and with ``clean_exit`` also if it did not exit on SIGTERM within the
+    grace period (with status 0 or by the signal itself).
     """
     with tempfile.TemporaryDirectory(prefix="kakehashi-proc-") as log_dir:
         log_path = Path(log_dir) / "output.log"
@@ -149,7 +158,8 @@ def run_process(
         try:
             _wait_healthy(running, health_path, startup_timeout)
             yield running
-            running.assert_alive()  # a server that died under the tests is a failure too
+            if not may_exit:
+                running.assert_alive()  # a server that died under the tests is a failure too
             killed = _stop(process)
             stopped = True
             # uvicorn re-raises SIGTERM after its graceful shutdown, hence -SIGTERM is clean too
@@ -169,7 +179,12 @@ def server_command(*args: str) -> list[str]:
 def server_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without ``KAKEHASHI_*`` settings, data in ``data_dir``,
     no network access to the Hugging Face hub."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KAKEHASHI_")}
+    # OPENAI_API_KEY would route OpenAI's model ids to OpenAI.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KAKEHASHI_") and key != "OPENAI_API_KEY"
+    }
     env.update(
         KAKEHASHI_DATA_DIR=str(data_dir),
         HF_HUB_OFFLINE="1",
@@ -191,8 +206,10 @@ def run_server(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 60.0,
+    may_exit: bool = False,
 ) -> Iterator[ServerProcess]:
-    """Run ``kakehashi serve`` on a free port of 127.0.0.1 and yield it once healthy."""
+    """Run ``kakehashi serve`` on a free port of 127.0.0.1 and yield it once healthy
+    (``may_exit``: the test stops it itself)."""
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
     if model_dir is not None:
@@ -212,6 +229,7 @@ def run_server(
         env=server_env(data_dir, env),
         startup_timeout=startup_timeout,
         clean_exit=True,
+        may_exit=may_exit,
     ) as running:
         yield ServerProcess(
             process=running.process,
@@ -220,3 +238,18 @@ def run_server(
             model=served_model_name,
             api_key=api_keys[0] if api_keys else None,
         )
+
+
+FAKE_UPSTREAM = Path(__file__).with_name("fake_upstream.py")
+
+
+@contextlib.contextmanager
+def run_fake_upstream(
+    name: str, *, chunks: int = 8, delay: float = 0.0
+) -> Iterator[RunningProcess]:
+    """Run the fault-injecting OpenAI-compatible server (``fake_upstream.py``) on a free port."""
+    port = free_port()
+    argv = [sys.executable, str(FAKE_UPSTREAM), "--port", str(port), "--name", name]
+    argv += ["--chunks", str(chunks), "--delay", str(delay)]
+    with run_process(argv, port=port, startup_timeout=30) as running:
+        yield running

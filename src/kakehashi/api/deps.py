@@ -1,9 +1,9 @@
-"""Per-request plumbing: the service, API-key auth, JSON bodies, request ids and timing."""
+"""Per-request plumbing: the service, the request context (API-key auth, request id,
+deadline), JSON bodies, request ids and timing."""
 
 from __future__ import annotations
 
-import hmac
-import json
+import math
 import time
 import uuid
 from typing import Annotated, Any, TypeVar
@@ -12,11 +12,12 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kakehashi.api.errors import JSON_PARSE_MESSAGE, invalid_request
-from kakehashi.errors import AuthenticationError, InvalidRequestError
-from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
+from kakehashi.api.body import decode_json, require_json_media_type
+from kakehashi.api.errors import invalid_request
+from kakehashi.errors import AuthenticationError
+from kakehashi.gateway.context import OPEN_ACCESS, KeyStore, RequestContext
 from kakehashi.gateway.service import GatewayService
-from kakehashi.settings import KeySpec, Settings
+from kakehashi.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,41 +45,62 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}***{key[-2:]}" if len(key) > 8 else "***"
 
 
-async def require_api_key(request: Request) -> Caller:
-    """When keys are configured, demand ``Authorization: Bearer <one of them>``; the caller
-    that key stands for (anonymous and unrestricted on an open server)."""
-    settings = get_settings(request)
-    if not settings.auth_enabled:
-        return ANONYMOUS
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+def get_key_store(request: Request) -> KeyStore:
+    """The app's key store."""
+    return request.app.state.key_store
+
+
+def _deadline(request: Request, limit: float) -> float:
+    """When the request should be given up: the server's limit, or sooner if the client says
+    it waits less (the official SDKs send their timeout as ``X-Stainless-Timeout``)."""
+    seconds = limit
+    given = request.headers.get("x-stainless-timeout")
+    if given:
+        try:
+            client_timeout = float(given)
+        except ValueError:
+            client_timeout = math.nan
+        if math.isfinite(client_timeout) and client_timeout > 0:
+            seconds = min(seconds, client_timeout)
+    return time.monotonic() + seconds
+
+
+async def request_context(request: Request) -> RequestContext:
+    """Who is calling, the request id and the deadline. When the key store requires keys,
+    demand ``Authorization: Bearer <a key it knows>``. An open server serves everyone, as
+    :data:`OPEN_ACCESS` unless they present a key it knows (whose limits and ledger then
+    apply: a key made moments ago counts before the server notices it is no longer open)."""
+    store = get_key_store(request)
+    required = store.auth_required
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    presented = scheme.lower() == "bearer" and bool(key)
+    if required and not presented:
         raise AuthenticationError(MISSING_KEY_MESSAGE)
-    # Compare against every key, so timing does not reveal which prefix matched.
-    found: KeySpec | None = None
-    for spec in settings.all_keys():
-        if hmac.compare_digest(key.encode(), spec.key.encode()) and found is None:
-            found = spec
-    if found is None:
+    found = await store.authenticate(key) if presented else None
+    if required and found is None:
         raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
-    return caller_for(found)
+    principal = found or OPEN_ACCESS
+    request_id = getattr(request.state, "request_id", None) or f"req_{uuid.uuid4().hex}"
+    limit = get_settings(request).gateway.request_timeout
+    return RequestContext(principal, request_id, deadline=_deadline(request, limit))
 
 
-CallerDep = Annotated[Caller, Depends(require_api_key)]
-"""The authenticated caller (computed once per request, shared with the router's check)."""
+ContextDep = Annotated[RequestContext, Depends(request_context)]
+"""The request's context (computed once per request, shared with the router's auth check)."""
 
 
 async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
-    """Read the JSON body (whatever the Content-Type says) and validate it as ``shape``.
+    """Read the JSON body and validate it as ``shape``.
 
-    ``defaults`` fill fields the body lacks (e.g. ``model`` from ``/engines/{engine}``).
+    A server with API keys reads the body whatever its Content-Type says, as OpenAI does; an
+    open one wants ``application/json`` (415 otherwise), so that a web page cannot drive it
+    with a cross-origin ``text/plain`` POST. ``defaults`` fill fields the body lacks (e.g.
+    ``model`` from ``/engines/{engine}``).
     """
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequestError(JSON_PARSE_MESSAGE) from None
+    if not get_key_store(request).auth_required:
+        require_json_media_type(request.headers.get("content-type"))
+    data = decode_json(await request.body())
     if isinstance(data, dict):
         data = {**defaults, **{k: v for k, v in data.items() if v is not None or k not in defaults}}
     try:
@@ -87,8 +109,17 @@ async def parse_body(request: Request, shape: type[M], /, **defaults: Any) -> M:
         raise invalid_request(exc.errors()) from None
 
 
+MAX_CLIENT_REQUEST_ID = 512
+"""Longer ``X-Client-Request-Id`` values are not echoed (OpenAI's limit)."""
+
+
 class RequestIdMiddleware:
-    """Adds ``x-request-id`` (the client's, or a new one) and ``openai-processing-ms``."""
+    """Adds ``x-request-id`` and ``openai-processing-ms``, and echoes the client's own
+    ``X-Client-Request-Id``, as OpenAI does.
+
+    The request id is always minted here, never taken from the client: the usage ledger keys
+    its rows by it, so a client reusing an id must not merge two requests' usage.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -98,15 +129,20 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id")
-        request_id = incoming or f"req_{uuid.uuid4().hex}".encode()
+        client_id = dict(scope.get("headers") or []).get(b"x-client-request-id")
+        if client_id is not None and len(client_id) > MAX_CLIENT_REQUEST_ID:
+            client_id = None
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 elapsed = int((time.perf_counter() - started) * 1000)
                 headers = list(message.get("headers") or [])
-                headers.append((b"x-request-id", request_id))
+                headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"openai-processing-ms", str(elapsed).encode()))
+                if client_id is not None:
+                    headers.append((b"x-client-request-id", client_id))
                 message = {**message, "headers": headers}
             await send(message)
 

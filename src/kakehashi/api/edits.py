@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from kakehashi.api.deps import CallerDep, ServiceDep, parse_body
+from kakehashi.api.answers import render
+from kakehashi.api.deps import ContextDep, ServiceDep, parse_body
 from kakehashi.api.errors import error_response
-from kakehashi.api.wire_response import json_response
+from kakehashi.capabilities import Capability
 from kakehashi.errors import KakehashiError
 from kakehashi.wire.edits import EditRequest
 
@@ -16,11 +17,10 @@ router = APIRouter(tags=["edits"])
 
 
 @router.post("/v1/edits")
-async def create_edit(http: Request, service: ServiceDep, caller: CallerDep) -> Response:
+async def create_edit(http: Request, service: ServiceDep, ctx: ContextDep) -> Response:
     """Edit ``input`` following ``instruction``."""
     try:
         request = await parse_body(http, EditRequest)
-        route = service.route(request.model, "edits", caller)
-        return json_response(await service.edit(request, route), headers=route.headers)
+        return await render(await service.edit(request, ctx))
     except KakehashiError as exc:
-        return error_response(exc, headers=service.endpoint_headers("edits"))
+        return error_response(exc, headers=service.endpoint_headers(Capability.EDITS))

@@ -2,13 +2,15 @@
 
 Typed :class:`KakehashiError` map to their status; request validation problems become 400
 ``invalid_request_error`` naming the offending parameter (never 422); unknown routes and
-methods get the envelope too; anything unexpected is logged and answered with a 500.
+methods get the envelope too. Anything unexpected reaches :class:`UnhandledErrorMiddleware`,
+which logs one traceback and answers a 500 that leaves the keep-alive connection usable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,17 +18,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kakehashi.api.body import JSON_PARSE_MESSAGE
 from kakehashi.errors import InvalidRequestError, KakehashiError, ServerError
 from kakehashi.wire.common import describe_json_type
 
+__all__ = [
+    "INTERNAL_ERROR_MESSAGE",
+    "JSON_PARSE_MESSAGE",
+    "ThrottledWarnings",
+    "UnhandledErrorMiddleware",
+    "error_response",
+    "install_error_handlers",
+    "invalid_request",
+]
+
 logger = logging.getLogger(__name__)
 
-JSON_PARSE_MESSAGE = (
-    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
-    "sent was not valid JSON.)"
-)
 INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that!"
 
 # pydantic's type errors → the JSON type OpenAI says it expected.
@@ -49,8 +58,40 @@ _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 def error_response(error: KakehashiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The HTTP response for ``error``."""
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+    """The HTTP response for ``error`` (with the headers it carries, then ``headers``)."""
+    merged = {**error.headers, **(headers or {})}
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=merged)
+
+
+class ThrottledWarnings:
+    """Logs a recurring warning (one per ``key``) at most once per ``interval`` seconds; the
+    next line it lets through says how many were held back meanwhile."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str) -> None:
+        """Log ``message`` now, or count it if ``key`` was logged less than an interval ago."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held and last is not None:
+            message += f" (and {held} more like it in the last {now - last:.0f} s)"
+        self._log.warning("%s", message)
 
 
 def _param(loc: Sequence[Any], ctx: Mapping[str, Any]) -> str:
@@ -148,10 +189,15 @@ def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can raise through the OpenAI envelope."""
 
+    refusals = ThrottledWarnings(logger)
+
     @app.exception_handler(KakehashiError)
     async def _kakehashi(request: Request, exc: KakehashiError) -> JSONResponse:
-        if exc.status_code >= 500:
-            logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        route = f"{request.method} {request.url.path}"
+        if exc.status_code == 503:  # overload and shutdown: expected under load, summarised
+            refusals.warning(exc.code or "503", f"{route} refused: {exc.message}")
+        elif exc.status_code >= 500:
+            logger.error("%s failed: %s", route, exc.message)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -181,7 +227,35 @@ def install_error_handlers(app: FastAPI) -> None:
         }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s failed unexpectedly", request.method, request.url.path)
-        return error_response(ServerError(INTERNAL_ERROR_MESSAGE))
+
+class UnhandledErrorMiddleware:
+    """The last resort for exceptions no handler knows: log one traceback and answer a 500
+    envelope, if the response has not started yet.
+
+    Pure ASGI, inside Starlette's ``ServerErrorMiddleware``: that one answers and then
+    re-raises, so the server logs a second traceback and resets the keep-alive connection.
+    Here the exception ends with the 500 and the connection stays usable. A response that
+    already started cannot be mended; it is left unfinished, and the server closes it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("%s %s failed unexpectedly", scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(ServerError(INTERNAL_ERROR_MESSAGE))(scope, receive, send)

@@ -6,19 +6,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from kakehashi.api.deps import CallerDep, ServiceDep
+from kakehashi.api.deps import ContextDep, ServiceDep
 from kakehashi.api.wire_response import json_response
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models")
-async def list_models(service: ServiceDep, caller: CallerDep) -> Response:
+async def list_models(service: ServiceDep, ctx: ContextDep) -> Response:
     """The models this caller may use."""
-    return json_response(service.list_models(caller))
+    return json_response(service.list_models(ctx))
 
 
 @router.get("/v1/models/{model:path}")
-async def retrieve_model(model: str, service: ServiceDep, caller: CallerDep) -> Response:
+async def retrieve_model(model: str, service: ServiceDep, ctx: ContextDep) -> Response:
     """One model, or 404 ``model_not_found`` (also for models the caller may not use)."""
-    return json_response(service.get_model(model, caller))
+    return json_response(service.get_model(model, ctx))

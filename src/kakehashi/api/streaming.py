@@ -50,7 +50,9 @@ async def event_stream(
                 async for chunk in chunks:
                     yield encode_event(chunk)
             except KakehashiError as exc:
-                logger.warning("stream failed: %s", exc.message)
+                # A shutdown aborts every stream at once; the drain logs that once, not here.
+                level = logging.DEBUG if exc.status_code == 503 else logging.WARNING
+                logger.log(level, "stream failed: %s", exc.message)
                 yield _error_frame(exc)
                 return
             except Exception:

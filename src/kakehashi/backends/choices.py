@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from kakehashi.backends.logprobs import LegacyLogprobs
 from kakehashi.backends.model import TokenizerLike
@@ -46,7 +47,7 @@ def new_job(prefix: str, prompts: list[Prompt], n: int, params: SamplingParams) 
     return Job(job_id, int(time.time()), runs)
 
 
-def finish_reason(reason: FinishReason | None) -> str:
+def finish_reason(reason: FinishReason | None) -> Literal["stop", "length"]:
     """OpenAI's name for why a choice ended."""
     return "length" if reason is FinishReason.LENGTH else "stop"
 
@@ -82,7 +83,7 @@ class Choice:
         return self.echo + "".join(self.generated)
 
     @property
-    def finish(self) -> str:
+    def finish(self) -> Literal["stop", "length"]:
         """OpenAI's ``finish_reason`` (meaningful once the choice has finished)."""
         return finish_reason(self.finish_reason)
 
@@ -96,7 +97,7 @@ def legacy_choice(run: Run, request: CompletionRequest, tokenizer: TokenizerLike
     prompt = run.prompt if request.echo else Prompt([], "")
     logprobs = None
     if request.logprobs is not None:
-        logprobs = LegacyLogprobs(tokenizer, request.logprobs, echo=prompt.ids)
+        logprobs = LegacyLogprobs(tokenizer, request.logprobs, echo=prompt.ids, skip=prompt.added)
     return Choice(run, echo=prompt.text, logprobs=logprobs)
 
 

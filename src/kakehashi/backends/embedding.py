@@ -17,13 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kakehashi.backends.base import EMBEDDING, ServedModel, not_loaded, served_as
+from kakehashi.backends.base import (
+    EMBEDDING,
+    Call,
+    ChatStream,
+    CompletionStream,
+    ServedModel,
+    not_loaded,
+    served_as,
+    unsupported,
+)
+from kakehashi.capabilities import Capability
 from kakehashi.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     ServiceUnavailableError,
 )
 from kakehashi.settings import PACKAGED_EMBEDDING_MODEL_ID, Settings
+from kakehashi.wire.chat import ChatCompletionRequest, ChatCompletionResponse
+from kakehashi.wire.completions import CompletionRequest, CompletionResponse
 from kakehashi.wire.embeddings import (
     MAX_INPUTS,
     Embedding,
@@ -194,6 +206,11 @@ class LocalEmbeddingBackend:
             model_ids=[name, *settings.embedding_aliases],
         )
 
+    @property
+    def name(self) -> str:
+        """``local-embeddings``."""
+        return "local-embeddings"
+
     def served_models(self) -> Sequence[ServedModel]:
         """The public ids of the model."""
         return self._served
@@ -226,7 +243,23 @@ class LocalEmbeddingBackend:
             raise not_loaded()
         return self._model
 
-    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
+        """An embedding model does not chat."""
+        raise unsupported(Capability.CHAT, request.model)
+
+    def stream_chat(self, request: ChatCompletionRequest, call: Call) -> ChatStream:
+        """An embedding model does not chat."""
+        raise unsupported(Capability.CHAT, request.model)
+
+    async def completion(self, request: CompletionRequest, call: Call) -> CompletionResponse:
+        """An embedding model does not complete text."""
+        raise unsupported(Capability.COMPLETIONS, request.model)
+
+    def stream_completion(self, request: CompletionRequest, call: Call) -> CompletionStream:
+        """An embedding model does not complete text."""
+        raise unsupported(Capability.COMPLETIONS, request.model)
+
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
         """Embed every input; ``request.dimensions`` (already allowed by the gateway) cuts
         each vector to that length and renormalizes it, as text-embedding-3 does."""
         model = self.model
@@ -245,6 +278,7 @@ class LocalEmbeddingBackend:
             for i, row in enumerate(rows)
         ]
         tokens = sum(len(ids) for ids in inputs)
+        call.prompt_tokens = tokens
         return EmbeddingResponse(
             data=data,
             model=request.model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, ClassVar
 
 from kakehashi.backends.local import LoadedModel, LocalBackend
@@ -28,8 +28,9 @@ class FakeTokenizer:
     BOS = 257
     _SPECIAL_TEXT: ClassVar[dict[int, bytes]] = {EOS: b"<|endoftext|>", BOS: b"<|begin|>"}
 
-    vocab_size = 258
-    eos_token_ids = (EOS,)
+    vocab_size: int = 258
+    eos_token_ids: tuple[int, ...] = (EOS,)
+    max_token_bytes = len(_SPECIAL_TEXT[EOS])
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """The UTF-8 bytes of ``text`` (after a begin token if asked for special tokens)."""
@@ -112,7 +113,7 @@ class FakeEngine:
 
     async def generate(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the echo; leaving early records ``request_id`` in :attr:`aborted`."""
         prompt = list(prompt_token_ids)
         if not prompt:

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from kakehashi.backends.base import ServedModel, not_loaded, served_as
+from kakehashi.backends.base import (
+    Call,
+    ChatStream,
+    CompletionStream,
+    ServedModel,
+    StreamUsage,
+    not_loaded,
+    served_as,
+    unsupported,
+)
 from kakehashi.backends.choices import Choice, Job, Run, legacy_choice, new_job, usage
+from kakehashi.backends.local_features import refuse_unsupported_chat
 from kakehashi.backends.logprobs import chat_logprobs
 from kakehashi.backends.model import (
+    ChunkStream,
     EngineLike,
     LoadedModel,
     TemplateLike,
@@ -29,11 +40,15 @@ from kakehashi.backends.model import (
 from kakehashi.backends.prompting import (
     chat_prompt,
     check_legacy_options,
+    check_prompt_chars,
+    check_token_ids,
     completion_budget,
     legacy_prompt,
+    messages_prompt,
     sampling_params,
 )
-from kakehashi.backends.streams import merge
+from kakehashi.backends.streams import close_all, closing_all, merge
+from kakehashi.capabilities import Capability
 from kakehashi.engine.params import FinishReason, GenerationChunk
 from kakehashi.errors import InvalidRequestError, KakehashiError, ServiceUnavailableError
 from kakehashi.settings import Settings
@@ -49,6 +64,11 @@ from kakehashi.wire.chat import (
     ChatTokenLogprob,
 )
 from kakehashi.wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+from kakehashi.wire.tokenize import TokenizeRequest
+
+if TYPE_CHECKING:
+    from kakehashi.engine.models.checkpoint import Checkpoint
 
 __all__ = [
     "EngineLike",
@@ -77,12 +97,20 @@ class LocalBackend:
         self._model: LoadedModel | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBackend:
-        """The backend for the model ``settings`` describe (loaded on :meth:`start`)."""
+    def from_settings(
+        cls, settings: Settings, checkpoint: Checkpoint | None = None
+    ) -> LocalBackend:
+        """The backend for the model ``settings`` describe, or for ``checkpoint`` if its files
+        are already open (loaded on :meth:`start`)."""
         ids = [default_model_id(settings), *settings.aliases]
-        return cls(lambda: load_local_model(settings), model_ids=ids)
+        return cls(lambda: load_local_model(settings, checkpoint), model_ids=ids)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """``local``."""
+        return "local"
 
     def served_models(self) -> Sequence[ServedModel]:
         """The public ids of the model."""
@@ -108,14 +136,48 @@ class LocalBackend:
             raise not_loaded()
         return self._model
 
+    # -- tokens ------------------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """The engine's context window, once the model is loaded."""
+        return self._model.engine.max_model_len if self._model is not None else None
+
+    def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """The prompt's ids, or the messages' as a chat completion would count them."""
+        model = self.loaded
+        tokenizer = model.engine.tokenizer
+        if request.messages is not None:
+            prompt = messages_prompt(
+                request.messages,
+                model.chat_template,
+                tokenizer,
+                tools=request.tools,
+                add_generation_prompt=request.add_generation_prompt,
+            )
+            if request.add_special_tokens:  # the template wrote them; vLLM adds them again
+                return tokenizer.encode(prompt.text, add_special_tokens=True)
+            return prompt.ids
+        special = True if request.add_special_tokens is None else request.add_special_tokens
+        return tokenizer.encode(request.prompt or "", add_special_tokens=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (special tokens included, as vLLM gives them)."""
+        tokenizer = self.loaded.engine.tokenizer
+        check_token_ids(tokens, tokenizer, "tokens")
+        return tokenizer.decode(tokens, skip_special_tokens=False)
+
     # -- chat completions --------------------------------------------------------------------
 
-    async def chat_completion(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
         """A whole chat completion."""
-        job = self._chat_job(request)
+        job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
         tokens: list[list[ChatTokenLogprob]] = [[] for _ in choices]
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
+        ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
                 if request.logprobs:
@@ -136,22 +198,25 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_chat_completion(
-        self, request: ChatCompletionRequest
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """A chat completion as stream chunks; validation happens before the first one."""
-        job = self._chat_job(request)
+    async def stream_chat(self, request: ChatCompletionRequest, call: Call) -> ChatStream:
+        """A chat completion as stream chunks; validation and admission happen before the
+        first one."""
+        job = await self._chat_job(request)
         choices = [Choice(run) for run in job.runs]
-        header = self._stream_header(job, request)
+        header = self._header(job, request)
 
         def chunk_of(*choice: ChatChunkChoice) -> ChatCompletionChunk:
             return ChatCompletionChunk(**header, choices=list(choice))
 
-        for run in job.runs:
-            yield chunk_of(
-                ChatChunkChoice(index=run.index, delta=ChatDelta(role="assistant", content=""))
-            )
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        # Admitted before the first chunk: an overload is a 503, never a frame of a 200 stream.
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
+        ):
+            for run in job.runs:
+                yield chunk_of(
+                    ChatChunkChoice(index=run.index, delta=ChatDelta(role="assistant", content=""))
+                )
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -166,19 +231,17 @@ class LocalBackend:
                     yield chunk_of(
                         ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=choice.finish)
                     )
-        if request.include_usage:
-            yield ChatCompletionChunk(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
 
-    def _admitted(self, job: Job) -> Job:
-        """``job``, once the engine has room to queue it (else a 503 before any answer)."""
-        self.loaded.engine.check_admission(len(job.runs))
-        return job
-
-    def _chat_job(self, request: ChatCompletionRequest) -> Job:
+    async def _chat_job(self, request: ChatCompletionRequest) -> Job:
+        refuse_unsupported_chat(request)
         model = self.loaded
         tokenizer = model.engine.tokenizer
-        prompt = chat_prompt(request, model.chat_template, tokenizer)
         window = model.engine.max_model_len
+        chars = sum(len(m.text or "") for m in request.messages)
+        check_prompt_chars(chars, tokenizer, window, "messages")
+        # Templating and tokenizing take long for long prompts: not on the event loop.
+        prompt = await asyncio.to_thread(chat_prompt, request, model.chat_template, tokenizer)
         max_tokens = completion_budget(
             len(prompt.ids), request.completion_limit, window, "messages"
         )
@@ -188,7 +251,7 @@ class LocalBackend:
             max_tokens=max_tokens,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         )
-        return self._admitted(new_job("chatcmpl", [prompt], request.n or 1, params))
+        return new_job("chatcmpl", [prompt], request.n or 1, params)
 
     def _chat_logprobs(
         self, request: ChatCompletionRequest, chunk: GenerationChunk
@@ -197,11 +260,14 @@ class LocalBackend:
 
     # -- legacy completions -----------------------------------------------------------------
 
-    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+    async def completion(self, request: CompletionRequest, call: Call) -> CompletionResponse:
         """A whole legacy completion (one choice per prompt and ``n``)."""
-        job = self._completion_job(request)
+        job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
+        ):
             async for index, chunk in events:
                 choices[index].absorb(chunk)
         return CompletionResponse(
@@ -218,14 +284,15 @@ class LocalBackend:
             usage=usage(choices),
         )
 
-    async def stream_completion(
-        self, request: CompletionRequest
-    ) -> AsyncIterator[CompletionResponse]:
+    async def stream_completion(self, request: CompletionRequest, call: Call) -> CompletionStream:
         """A legacy completion as stream chunks (each shaped like a whole response)."""
-        job = self._completion_job(request)
+        job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
-        header = self._stream_header(job, request)
-        async with contextlib.aclosing(self._generate(job.runs)) as events:
+        header = self._header(job, request)
+        async with (
+            closing_all(await self._start(job)) as streams,
+            contextlib.aclosing(self._generate(job, streams, call)) as events,
+        ):
             async for index, chunk in events:
                 choice = choices[index]
                 text = choice.absorb(chunk)
@@ -243,14 +310,22 @@ class LocalBackend:
                         )
                     ],
                 )
-        if request.include_usage:
-            yield CompletionResponse(**{**header, "usage": usage(choices)}, choices=[])
+        yield StreamUsage(usage(choices))
 
-    def _completion_job(self, request: CompletionRequest) -> Job:
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
+        """A language model does not embed."""
+        raise unsupported(Capability.EMBEDDINGS, request.model)
+
+    async def _completion_job(self, request: CompletionRequest) -> Job:
         check_legacy_options(request)
         engine = self.loaded.engine
         tokenizer = engine.tokenizer
-        prompts = [legacy_prompt(p, tokenizer) for p in request.prompt]
+        for text in request.prompt:
+            if isinstance(text, str):
+                check_prompt_chars(len(text), tokenizer, engine.max_model_len, "prompt")
+        prompts = await asyncio.to_thread(
+            lambda: [legacy_prompt(p, tokenizer) for p in request.prompt]
+        )
         limit = request.completion_limit
         for prompt in prompts:
             completion_budget(len(prompt.ids), limit, engine.max_model_len, "prompt")
@@ -261,7 +336,7 @@ class LocalBackend:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if request.echo else None,
         )
-        return self._admitted(new_job("cmpl", prompts, request.n or 1, params))
+        return new_job("cmpl", prompts, request.n or 1, params)
 
     def _legacy_choices(self, request: CompletionRequest, runs: list[Run]) -> list[Choice]:
         tokenizer = self.loaded.engine.tokenizer
@@ -280,23 +355,36 @@ class LocalBackend:
             "system_fingerprint": self.loaded.fingerprint,
         }
 
-    def _stream_header(
-        self, job: Job, request: ChatCompletionRequest | CompletionRequest
-    ) -> dict[str, Any]:
-        """:meth:`_header`, with ``usage: null`` on every chunk but the last when usage is
-        asked for."""
-        header = self._header(job, request)
-        if request.include_usage:
-            header["usage"] = None
-        return header
-
-    async def _generate(self, runs: list[Run]) -> AsyncIterator[tuple[int, GenerationChunk]]:
-        """Run every choice on the engine at once; yields ``(choice index, chunk)``."""
+    async def _start(self, job: Job) -> list[ChunkStream]:
+        """Admit every choice of ``job`` on the engine now, or none (503 when the running
+        slots and the queue are full); the caller closes the streams."""
         engine = self.loaded.engine
-        streams = [engine.generate(r.request_id, r.prompt.ids, r.params) for r in runs]
+        engine.check_admission(len(job.runs))
+        streams: list[ChunkStream] = []
+        try:
+            for run in job.runs:
+                streams.append(engine.generate(run.request_id, run.prompt.ids, run.params))
+        except ValueError as exc:  # the engine refused the request
+            await close_all(streams)
+            raise InvalidRequestError(str(exc)) from exc
+        except BaseException:
+            await close_all(streams)
+            raise
+        return streams
+
+    async def _generate(
+        self, job: Job, streams: list[ChunkStream], call: Call
+    ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+        """Run every choice at once; yields ``(choice index, chunk)`` and keeps ``call``'s
+        token counts up to date."""
+        runs = job.runs
+        call.prompt_tokens = sum({r.prompt_index: len(r.prompt.ids) for r in runs}.values())
+        done = [0] * len(runs)
         try:
             async with contextlib.aclosing(merge(streams)) as merged:
                 async for index, chunk in merged:
+                    call.completion_tokens += chunk.completion_tokens - done[index]
+                    done[index] = chunk.completion_tokens
                     if chunk.finish_reason is FinishReason.ABORT:
                         raise ServiceUnavailableError(
                             "The request was aborted because the server is shutting down."

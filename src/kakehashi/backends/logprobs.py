@@ -65,12 +65,22 @@ def _empty() -> CompletionLogprobs:
 
 class LegacyLogprobs:
     """One legacy choice's logprobs, gathered chunk by chunk. With ``echo`` the prompt's
-    tokens come first (scored from the first chunk's ``prompt_logprobs``; the first is not)."""
+    tokens come first, scored from the first chunk's ``prompt_logprobs`` (the model's first
+    token is not). ``skip`` leaves out that many prompt tokens at the start and the end (the
+    tokenizer's BOS): the tokens reported, like their offsets, spell exactly the echoed text.
+    """
 
-    def __init__(self, tokenizer: TokenizerLike, top: int, echo: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: TokenizerLike,
+        top: int,
+        echo: Sequence[int] = (),
+        skip: tuple[int, int] = (0, 0),
+    ) -> None:
         self._tokenizer = tokenizer
         self._top = top
         self._echo = echo
+        self._shown = range(skip[0], len(echo) - skip[1])
         self._offsets = TextOffsets(tokenizer)
         self._pending = _empty()
 
@@ -78,8 +88,9 @@ class LegacyLogprobs:
         """Add the tokens of ``chunk`` (after the echoed prompt, on the first chunk)."""
         if self._echo:
             prompt_lps = chunk.prompt_logprobs or ()
-            for position, token in enumerate(self._echo):
-                self._add(token, prompt_lps[position] if position < len(prompt_lps) else None)
+            for position in self._shown:
+                scored = prompt_lps[position] if position < len(prompt_lps) else None
+                self._add(self._echo[position], scored)
             self._echo = ()
         for lp in chunk.logprobs or ():
             self._add(lp.token_id, lp)

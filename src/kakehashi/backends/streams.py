@@ -4,15 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
 _END = object()
 
 
-async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+class Closable(Protocol):
+    """Anything with an async ``aclose`` (async generators, engine streams)."""
+
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+async def close_all(streams: Sequence[Closable]) -> None:
+    """Close every stream (closing one that has ended does nothing)."""
+    for stream in streams:
+        await stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def closing_all(streams: list[C]) -> AsyncIterator[list[C]]:
+    """``streams``, closed on leaving the block however it is left, even if nobody started
+    reading them (closing an async generator that never ran would not reach its cleanup)."""
+    try:
+        yield streams
+    finally:
+        await close_all(streams)
+
+
+async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncGenerator[tuple[int, T], None]:
     """Yield ``(stream index, item)`` from all ``streams`` as items arrive.
 
     The first exception of any stream is raised here. When the consumer stops early (or is
@@ -40,13 +65,13 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int,
     try:
         remaining = len(tasks)
         while remaining:
-            index, item = await queue.get()
-            if item is _END:
+            index, got = await queue.get()
+            if got is _END:
                 remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
+            elif isinstance(got, Exception):
+                raise got
             else:
-                yield index, item  # type: ignore[misc]
+                yield index, got  # type: ignore[misc]
     finally:
         for task in tasks:
             task.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kakehashi.cli import models, serve, tiny
+from kakehashi.cli import chat, keys, migrate, models, serve, summarize, tiny, usage
 
 app = typer.Typer(
     name="kakehashi",
@@ -15,6 +15,12 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("models")(models.models_command)
 app.command("make-tiny-model")(tiny.make_tiny_model_command)
+app.command("chat")(chat.chat_command)
+app.command("logs")(chat.logs_command)
+app.command("summarize")(summarize.summarize_command)
+app.command("migrate")(migrate.migrate_command)
+app.add_typer(keys.app, name="keys")
+app.command("usage")(usage.usage_command)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from kakehashi.cli.common import ConfigOption, NowOption, build_or_exit, load_settings
 
@@ -22,19 +20,23 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Print the model catalog: each model's status and whether the caller may use it."""
+    from rich.console import Console
+    from rich.table import Table
+
     from kakehashi.api.app import build_service, default_backends
-    from kakehashi.gateway.access import ANONYMOUS, caller_for
+    from kakehashi.gateway.access import principal_for
+    from kakehashi.gateway.context import OPEN_ACCESS
     from kakehashi.gateway.report import catalog_rows
 
     console = Console(width=max(Console().width, 160))
     settings = load_settings({"now": now}, config)
-    caller = ANONYMOUS
+    caller = OPEN_ACCESS
     if key is not None:
         found = [spec for spec in settings.all_keys() if spec.key == key]
         if not found:
             console.print("[red]error:[/] --key is not one of the configured keys")
             raise typer.Exit(1)
-        caller = caller_for(found[0])
+        caller = principal_for(found[0])
     service = build_or_exit(console, lambda: build_service(settings, default_backends(settings)))
     today = service.clock()
     rows = catalog_rows(service.catalog, caller=caller, today=today)

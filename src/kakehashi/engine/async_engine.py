@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kakehashi.engine.engine import EngineOverloadedError, EngineStats, LLMEngine
@@ -27,7 +27,7 @@ class EngineError(ServerError):
     """The engine failed (or was shut down) and cannot serve this request."""
 
 
-__all__ = ["AsyncEngine", "EngineError", "EngineOverloadedError"]
+__all__ = ["AsyncEngine", "EngineError", "EngineOverloadedError", "Generation"]
 
 
 @dataclass(slots=True)
@@ -39,6 +39,52 @@ class _Stream:
         # A RuntimeError means the consumer's loop is closed: nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class Generation:
+    """The chunks of one admitted request, as an async iterator; closing it (or cancelling a
+    read) before the last chunk aborts the request."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        request_id: str,
+        queue: asyncio.Queue[GenerationChunk | BaseException],
+    ) -> None:
+        self._engine = engine
+        self._request_id = request_id
+        self._queue = queue
+        self._done = False
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:
+            self._abandon()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = item.finished
+        return item
+
+    async def aclose(self) -> None:
+        """Abort the request unless it has finished."""
+        self._abandon()
+
+    def __del__(self) -> None:
+        # Dropped without closing (``break`` out of ``async for``): abort, as a generator would.
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if not self._done:
+            self._done = True
+            self._engine.abort(self._request_id)
 
 
 class AsyncEngine:
@@ -98,21 +144,24 @@ class AsyncEngine:
     # -- requests --------------------------------------------------------------------------
 
     def check_admission(self, count: int = 1) -> None:
-        """Raise :class:`EngineOverloadedError` now if ``count`` more requests would not fit
-        in the waiting queue, so a caller can refuse before it starts answering (a stream's
-        headers). Best effort: :meth:`generate` checks again."""
+        """Raise :class:`EngineOverloadedError` now unless ``count`` more requests fit in the
+        running slots and the queue. Every request :meth:`generate` has accepted and not yet
+        finished counts, whether or not the engine thread has seen it; so ``count`` calls of
+        :meth:`generate` right after (no await between) are all admitted."""
         with self._cond:
             self._check_usable()
-            self.engine.check_queue(len(self._adds) + count - 1)
+            self.engine.check_capacity(len(self._streams), count)
 
-    async def generate(
+    def generate(
         self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
-        """Stream the chunks of one request; the last has ``finished=True``.
+    ) -> Generation:
+        """Admit one request now and return the stream of its chunks; the last has
+        ``finished=True``.
 
-        Raises ValueError for an impossible request, :class:`EngineOverloadedError` (503) when
-        the waiting queue is full, and :class:`EngineError` if the engine failed or is shut
-        down. Leaving the iteration early (break, cancel) aborts the request.
+        Raises at once ValueError for an impossible request, :class:`EngineOverloadedError`
+        (503) when the running slots and the queue are full, and :class:`EngineError` if the
+        engine failed or is shut down. Leaving the iteration early (``aclose()``, cancelling
+        a read) aborts the request.
         """
         ids = list(prompt_token_ids)
         self.engine.validate_request(ids, params)
@@ -121,26 +170,12 @@ class AsyncEngine:
             self._check_usable()
             if request_id in self._streams:
                 raise ValueError(f"request {request_id!r} is already running")
-            self.engine.check_queue(len(self._adds))
+            self.engine.check_capacity(len(self._streams))
             self._streams[request_id] = stream
             self._adds.append((request_id, ids, params))
             self._cond.notify_all()
         self.start()
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                if item.finished:
-                    finished = True
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self.abort(request_id)
+        return Generation(self, request_id, stream.queue)
 
     def abort(self, request_id: str) -> None:
         """Ask the engine to stop a request; its stream ends with an ABORT chunk."""

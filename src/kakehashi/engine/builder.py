@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -16,8 +17,8 @@ from kakehashi.engine.config import (
 )
 from kakehashi.engine.engine import LLMEngine
 from kakehashi.engine.kernels import resolve_kernels
-from kakehashi.engine.models.loader import checkpoint_dtype, load_model, read_model_config
-from kakehashi.engine.tokenizer import Tokenizer
+from kakehashi.engine.models.checkpoint import Checkpoint, open_checkpoint
+from kakehashi.engine.models.loader import load_model
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,20 @@ def runtime_dtype(checkpoint: torch.dtype, device_type: str, *, fast_bf16: bool)
     return torch.float16 if device_type == "cuda" else torch.float32
 
 
-def auto_dtype(model_dir: Path, device: torch.device | None = None) -> torch.dtype:
-    """:func:`runtime_dtype` of the checkpoint in ``model_dir`` on ``device`` (default: CPU)."""
+def auto_dtype(model: Path | Checkpoint, device: torch.device | None = None) -> torch.dtype:
+    """:func:`runtime_dtype` of the checkpoint ``model`` (or at that path) on ``device``
+    (default: CPU)."""
+    checkpoint = open_checkpoint(model) if isinstance(model, str | Path) else model
     device = device or torch.device("cpu")
     if device.type == "cuda":
         fast_bf16 = torch.cuda.is_bf16_supported()
     else:
         fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return runtime_dtype(checkpoint_dtype(model_dir), device.type, fast_bf16=fast_bf16)
+    return runtime_dtype(checkpoint.dtype, device.type, fast_bf16=fast_bf16)
 
 
 def build_async_engine(
-    model_dir: Path,
+    model_dir: Path | Checkpoint,
     *,
     max_model_len: int | None = None,
     dtype: str = "auto",
@@ -95,14 +98,15 @@ def build_async_engine(
     prepack_weights: bool = True,
     cpu_kernels: bool = True,
 ) -> AsyncEngine:
-    """Load the model and tokenizer in ``model_dir`` and wrap them in an (unstarted) engine.
+    """Load the model and tokenizer of ``model_dir`` (a Hugging Face directory or a GGUF file,
+    or a checkpoint already open) and wrap them in an (unstarted) engine.
 
     The model runs on ``device`` (see :func:`resolve_device`); ``dtype="auto"`` keeps the
     checkpoint's dtype (half precision: see :func:`runtime_dtype`).
     ``max_model_len`` defaults to the model's maximum positions, capped at 8192. Torch uses
     ``threads`` threads, or every available core.
     The KV cache takes ``kv_cache_bytes`` bytes if given; by default it holds ``max_num_seqs``
-    full-length sequences, capped as :func:`~kakehashi.engine.engine.default_kv_cache_bytes`
+    full-length sequences, capped as :func:`~kakehashi.engine.memory.default_kv_cache_bytes`
     says for the device (and always at least one). At most ``max_queue_len`` requests wait
     for admission (None: unbounded); further ones raise
     :class:`~kakehashi.engine.engine.EngineOverloadedError` (503).
@@ -111,12 +115,13 @@ def build_async_engine(
     (about 1.3x faster batched decode, one more copy of the projection weights in memory).
     ``cpu_kernels`` uses :mod:`kakehashi.engine.kernels` for bfloat16 decode where they run.
     """
-    model_dir = Path(model_dir)
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     where = resolve_device(device)
     torch.set_num_threads(threads or available_cores())
-    config = read_model_config(model_dir)
+    started = time.perf_counter()
+    checkpoint = open_checkpoint(model_dir) if isinstance(model_dir, str | Path) else model_dir
+    config = checkpoint.config
     if max_model_len is None:
         max_model_len = min(config.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
     elif max_model_len > config.max_position_embeddings:
@@ -124,10 +129,16 @@ def build_async_engine(
             f"max_model_len {max_model_len} exceeds the model's "
             f"{config.max_position_embeddings} positions"
         )
-    run_dtype = _DTYPES[dtype] if dtype != "auto" else auto_dtype(model_dir, where)
-    model = load_model(model_dir, dtype=run_dtype, device=str(where))
-    log.info("model %s loaded on %s in %s", model_dir.name, where, run_dtype)
-    tokenizer = Tokenizer.from_dir(model_dir)
+    run_dtype = _DTYPES[dtype] if dtype != "auto" else auto_dtype(checkpoint, where)
+    model = load_model(checkpoint, dtype=run_dtype, device=str(where))
+    tokenizer = checkpoint.tokenizer()
+    log.info(
+        "model %s loaded on %s in %s in %.1f s",
+        checkpoint.name,
+        where,
+        run_dtype,
+        time.perf_counter() - started,
+    )
     engine_config = EngineConfig(
         max_model_len=max_model_len,
         max_num_seqs=max_num_seqs,

@@ -23,10 +23,10 @@ class EngineConfig:
     :func:`default_kv_cache_bytes`. It always holds at least one full-length sequence.
     ``max_num_batched_tokens`` bounds the tokens of one step (long prompts are prefilled in
     chunks of at most that, mixed with the decodes of running requests). At most
-    ``max_queue_len`` requests wait for admission (None: no limit); beyond that
-    :class:`~kakehashi.engine.engine.EngineOverloadedError` is raised. ``prepack_weights``
-    lets the model keep matmul-friendly copies of its weights (faster, more memory);
-    ``cpu_kernels`` lets it use :mod:`kakehashi.engine.kernels` where they run.
+    ``max_queue_len`` requests wait once ``max_num_seqs`` run (None: no limit; 0: none wait);
+    beyond those :class:`~kakehashi.engine.engine.EngineOverloadedError` is raised.
+    ``prepack_weights`` lets the model keep matmul-friendly copies of its weights (faster,
+    more memory); ``cpu_kernels`` lets it use :mod:`kakehashi.engine.kernels` where they run.
     """
 
     max_model_len: int

@@ -50,7 +50,8 @@ __all__ = [
 
 
 class EngineOverloadedError(ServiceUnavailableError):
-    """The waiting queue is full: the request is refused now rather than queued forever."""
+    """Every running slot and every place in the queue is taken: the request is refused now
+    rather than queued forever."""
 
     default_code = "engine_overloaded"
 
@@ -151,14 +152,22 @@ class LLMEngine:
         if params.max_tokens < 0:
             raise ValueError("max_tokens must not be negative")
 
-    def check_queue(self, pending: int) -> None:
-        """Raise :class:`EngineOverloadedError` if the waiting queue (plus ``pending`` requests
-        about to join it) is full. Safe from any thread (the count may be stale)."""
-        limit = self.config.max_queue_len
-        if limit is not None and len(self.scheduler.waiting) + pending >= limit:
+    @property
+    def capacity(self) -> int | None:
+        """Most requests the engine holds at once: its running slots plus its queue (None:
+        no limit)."""
+        queue = self.config.max_queue_len
+        return None if queue is None else self.config.max_num_seqs + queue
+
+    def check_capacity(self, unfinished: int, count: int = 1) -> None:
+        """Raise :class:`EngineOverloadedError` unless ``count`` more requests fit beside
+        ``unfinished`` ones (running or waiting). Pure; safe from any thread."""
+        capacity = self.capacity
+        if capacity is not None and unfinished + count > capacity:
             raise EngineOverloadedError(
-                "The server is overloaded: its queue of waiting requests is full "
-                f"(limit {limit}). Please retry later."
+                f"The server is overloaded: all {self.config.max_num_seqs} running slots and "
+                f"all {self.config.max_queue_len} places in its queue are taken. Please retry "
+                "later."
             )
 
     def add_request(
@@ -169,7 +178,7 @@ class LLMEngine:
         self.validate_request(ids, params)
         if request_id in self._sequences:
             raise ValueError(f"request {request_id!r} is already running")
-        self.check_queue(0)
+        self.check_capacity(self.scheduler.num_unfinished)
         generator = None
         if params.seed is not None:
             # On the model's device: a seeded row samples from logits that live there.

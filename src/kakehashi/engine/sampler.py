@@ -21,6 +21,9 @@ import torch
 from kakehashi.engine.params import SamplingParams, TokenLogprob
 
 MAX_TOP_LOGPROBS = 20
+MIN_SAMPLING_TEMPERATURE = 1e-4
+"""Below this a temperature is greedy: dividing logits by 1e-300 (a temperature the API
+accepts) overflows them to infinity and the softmax to NaN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +124,12 @@ def sample(
     argmax = argmax_rows or _torch_argmax_rows
     chosen: list[int] = argmax(processed).tolist()
     for i, p in enumerate(params):
-        if p.temperature <= 0.0:
+        if p.temperature < MIN_SAMPLING_TEMPERATURE:
             continue
         probs = torch.softmax(processed[i].float() / p.temperature, dim=-1)
         probs = _top_p_filter(probs, p.top_p)
+        if not bool(torch.isfinite(probs).all()):  # keep the greedy choice, never fail
+            continue
         token = torch.multinomial(probs, 1, generator=generators[i])
         chosen[i] = int(token)
 

@@ -8,6 +8,12 @@ budget by up to a quarter of it (``Scheduler.chunk_size``). When a running seque
 new KV block and none is free, the most recently admitted sequence is preempted: its blocks are
 freed and it goes back to the front of the queue, to be recomputed later (its cached prefix
 blocks usually survive, so recomputing is cheap).
+
+Sequences carry a priority (lower first: interactive requests before batch lines). Each step
+serves the classes in order: a class's running sequences, then its waiting ones, then the
+next class's. The waiting queue is kept in priority order, and a waiting sequence that finds
+no free slot or blocks preempts the newest running sequence of a lower class. So batch work
+fills whatever interactive traffic leaves, and gives way to it within one step.
 """
 
 from __future__ import annotations
@@ -74,8 +80,12 @@ class Scheduler:
         self.num_preemptions = 0  # since start, for metrics and tests
 
     def add(self, seq: Sequence) -> None:
+        """Queue ``seq`` behind every waiting sequence of its priority or higher."""
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        position = len(self.waiting)
+        while position > 0 and self.waiting[position - 1].priority > seq.priority:
+            position -= 1
+        self.waiting.insert(position, seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -88,47 +98,55 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         bm = self.block_manager
-
-        # 1. Running sequences, oldest first; preempt from the newest end when blocks run out.
-        still_running: list[Sequence] = []
-        queue = deque(self.running)
-        while queue and budget > 0:
-            seq = queue.popleft()
-            n = self.chunk_size(seq.num_uncomputed_tokens, budget)
-            while not bm.can_append(seq, seq.num_computed_tokens + n):
-                victim = queue.pop() if queue else seq
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is seq:
+        # Running sequences by priority, oldest first within each: preemption for blocks takes
+        # from the far end, the newest of the lowest class.
+        queue = deque(sorted(self.running, key=_priority))
+        scheduled: list[Sequence] = []
+        admitted: list[Sequence] = []
+        short_of_blocks = False
+        levels = sorted({s.priority for s in self.running} | {s.priority for s in self.waiting})
+        for level in levels:
+            # 1. This class's running sequences.
+            while queue and queue[0].priority == level and budget > 0:
+                seq = queue.popleft()
+                n = self.chunk_size(seq.num_uncomputed_tokens, budget)
+                while not bm.can_append(seq, seq.num_computed_tokens + n):
+                    victim = queue.pop() if queue else seq
+                    self._preempt(victim)
+                    out.preempted.append(victim)
+                    short_of_blocks = True
+                    if victim is seq:
+                        break
+                else:
+                    bm.append_slots(seq, seq.num_computed_tokens + n)
+                    out.scheduled.append(ScheduledSequence.of(seq, n))
+                    scheduled.append(seq)
+                    budget -= n
+            # 2. This class's waiting sequences, unless running ones just ran out of blocks;
+            # lower classes give up their slots and blocks to them.
+            while not short_of_blocks and budget > 0 and self.waiting:
+                seq = self.waiting[0]
+                if seq.priority != level or bm.prefix_in_flight(seq):
                     break
-            else:
-                bm.append_slots(seq, seq.num_computed_tokens + n)
+                full = len(scheduled) + len(queue) + len(admitted) >= self.max_num_seqs
+                if full or not bm.can_allocate(seq):
+                    if queue and queue[-1].priority > level:
+                        victim = queue.pop()
+                        self._preempt(victim)
+                        out.preempted.append(victim)
+                        continue
+                    break
+                self.waiting.popleft()
+                cached = bm.allocate(seq)
+                if seq.num_cached_tokens is None:
+                    seq.num_cached_tokens = cached
+                seq.status = SequenceStatus.RUNNING
+                n = self.chunk_size(seq.num_uncomputed_tokens, budget)
                 out.scheduled.append(ScheduledSequence.of(seq, n))
-                still_running.append(seq)
+                admitted.append(seq)
                 budget -= n
         # Out of budget: the rest keep their state and go first next step.
-        still_running.extend(queue)
-        self.running = still_running
-
-        # 2. Admit waiting sequences in order, unless this step already had to preempt.
-        while (
-            self.waiting
-            and not out.preempted
-            and budget > 0
-            and len(self.running) < self.max_num_seqs
-        ):
-            seq = self.waiting[0]
-            if bm.prefix_in_flight(seq) or not bm.can_allocate(seq):
-                break
-            self.waiting.popleft()
-            cached = bm.allocate(seq)
-            if seq.num_cached_tokens is None:
-                seq.num_cached_tokens = cached
-            seq.status = SequenceStatus.RUNNING
-            n = self.chunk_size(seq.num_uncomputed_tokens, budget)
-            out.scheduled.append(ScheduledSequence.of(seq, n))
-            self.running.append(seq)
-            budget -= n
+        self.running = [*scheduled, *queue, *admitted]
         return out
 
     def chunk_size(self, remaining: int, budget: int) -> int:
@@ -144,11 +162,15 @@ class Scheduler:
         return budget
 
     def _preempt(self, seq: Sequence) -> None:
+        """Free ``seq``'s blocks; it waits again, first of its priority class."""
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        position = 0
+        while position < len(self.waiting) and self.waiting[position].priority < seq.priority:
+            position += 1
+        self.waiting.insert(position, seq)
 
     def finish(self, seq: Sequence) -> None:
         """Take a finished sequence out of the running list and free its blocks."""
@@ -168,3 +190,7 @@ class Scheduler:
                 seq.status = SequenceStatus.FINISHED
                 return seq
         return None
+
+
+def _priority(seq: Sequence) -> int:
+    return seq.priority

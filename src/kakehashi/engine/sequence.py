@@ -37,8 +37,11 @@ class Sequence:
         *,
         detokenizer: Any = None,
         generator: torch.Generator | None = None,
+        priority: int = 0,
     ) -> None:
         self.request_id = request_id
+        # Lower runs first: interactive requests are 0, batch lines 1 (see Scheduler).
+        self.priority = priority
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.token_ids)
         self.params = params

@@ -39,6 +39,8 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos_token_ids))
         self.bos_token_id: int | None = bos_token_id
         self._token_bytes = _token_byte_table(backend, byte_level=byte_level)
+        self.max_token_bytes: int = max((len(b) for b in self._token_bytes), default=1)
+        """The most bytes of text one token stands for."""
 
     @classmethod
     def from_dir(cls, path: Path | str) -> Tokenizer:

@@ -1,45 +1,37 @@
-"""Who is calling, and which models they may use.
+"""Who is calling, as the settings' keys say, and which models they may use.
 
-A caller is anonymous (an open server) or holds a configured key. A key may belong to a tier and
-may carry an explicit allow-list of model ids; a model may be restricted to some tiers. A caller
-without access must not learn that the model exists, so the gateway answers exactly as for an
-unknown model.
+A configured key stands for a :class:`~kakehashi.gateway.context.Principal`: a tier and maybe
+an allow-list of model ids. A model may be restricted to some tiers. A principal without access
+must not learn that the model exists, so the gateway answers exactly as for an unknown model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from kakehashi.settings import KeySpec
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The identity behind a request: ``label`` for logs, ``tier`` and ``allowed`` for access.
-
-    ``tier=None`` passes every tier restriction; ``allowed=None`` means no allow-list.
-    """
-
-    label: str = "anonymous"
-    tier: str | None = None
-    allowed: frozenset[str] | None = None
-
-    def may_use(self, names: Iterable[str], tiers: frozenset[str] | None) -> bool:
-        """Whether the caller may use a model known by ``names`` that ``tiers`` may use."""
-        if self.allowed is not None and self.allowed.isdisjoint(names):
-            return False
-        return tiers is None or self.tier is None or self.tier in tiers
+from kakehashi.gateway.context import Principal, StaticKeyStore, key_hash
+from kakehashi.settings import KeySpec, Settings
 
 
-def caller_for(key: KeySpec) -> Caller:
-    """The access a configured key grants."""
+def principal_for(key: KeySpec) -> Principal:
+    """The principal a configured key stands for (its ledger id is a hash prefix, never the
+    key itself)."""
     allowed = frozenset(key.models) if key.models is not None else None
-    return Caller(label=key.label, tier=key.tier, allowed=allowed)
+    return Principal(
+        key_id=f"key-{key_hash(key.key)[:16]}",
+        label=key.label,
+        tier=key.tier,
+        allowed_models=allowed,
+    )
 
 
-ANONYMOUS = Caller()
-"""The caller of a server without keys: unrestricted."""
+def settings_key_store(settings: Settings) -> StaticKeyStore:
+    """A key store of the settings' keys (``[[keys]]`` and ``api_keys``); the first spelling
+    of a key wins."""
+    keys: dict[str, Principal] = {}
+    for spec in settings.all_keys():
+        keys.setdefault(spec.key, principal_for(spec))
+    return StaticKeyStore(keys)
 
 
 def tiers_from(ladder: Sequence[str], minimum: str) -> frozenset[str]:

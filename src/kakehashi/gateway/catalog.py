@@ -1,25 +1,32 @@
-"""The catalog of public model ids: which backend answers each, what it can do, what it costs,
-when it retires and who may use it.
+"""The catalog of public model ids: which deployments answer each, what it can do, what it
+costs, when it retires, who may use it and what to fall back on.
 
-Entries come from three places, in this order: the models the backends serve (with their
-aliases), the built-in migration table (:mod:`kakehashi.gateway.builtin`), then the configured
-``[[models]]`` specs, which may add ids or change existing ones. Every public name is an entry of
-its own (an alias copies its target), except *stable aliases*: ``gpt-4`` names whichever snapshot
-(``gpt-4-0613``, ...) claims it with the latest ``stable_since`` that has arrived, so the alias
-upgrades itself on that date and responses carry the snapshot's id, as OpenAI's do.
+Entries come from four places, in this order: the models the local backends serve (with their
+aliases), the built-in migration table (:mod:`kakehashi.gateway.builtin`), the ids upstreams
+list, then the configured ``[[models]]`` specs, which may add ids or change existing ones. An id
+several upstreams list gets one deployment on each (replicas the gateway balances). Ids an
+upstream serves by glob (``lab-*``) are not listed; they resolve on demand.
+
+Every public name is an entry of its own (an alias copies its target), except *stable
+aliases*: ``gpt-4`` names whichever snapshot (``gpt-4-0613``, ...) claims it with the latest
+``stable_since`` that has arrived, so the alias upgrades itself on that date and responses carry
+the snapshot's id, as OpenAI's do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
-from kakehashi.backends.base import AnyBackend, ServedModel
+from kakehashi.backends.base import Backend, ServedModel
+from kakehashi.capabilities import EVERYTHING, Capability
 from kakehashi.errors import ConflictError, ModelNotFoundError
-from kakehashi.gateway.access import ANONYMOUS, Caller, tiers_from
+from kakehashi.gateway.access import tiers_from
+from kakehashi.gateway.context import Principal
 from kakehashi.gateway.lifecycle import Lifecycle, Status, system_clock
 from kakehashi.settings import DEFAULT_TIERS, ModelSpec
 
@@ -28,18 +35,40 @@ class CatalogError(ValueError):
     """The configured catalog is inconsistent (an unknown target, a missing capability)."""
 
 
+class UpstreamRoutes(Backend, Protocol):
+    """A backend that serves, besides the ids it lists, whatever ids its globs match."""
+
+    def upstream_model(self, public_id: str) -> str | None:
+        """The id the upstream knows ``public_id`` by, or None if it does not serve it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model runs: a backend, and the id that backend knows the model by."""
+
+    backend: Backend
+    model: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the deployment across catalog entries (for balancing, breakers)."""
+        return (self.backend.name, self.model)
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """One public model id and everything the gateway knows about it.
 
-    Prices are USD per 1M tokens; ``tiers=None`` lets every tier use the model.
+    Prices are USD per 1M tokens; ``tiers=None`` lets every tier use the model. ``fallbacks``
+    are public ids tried in order when every deployment of this one failed.
     """
 
     id: str
-    backend: AnyBackend
+    deployments: tuple[Deployment, ...]
     created: int
     owned_by: str = "kakehashi"
-    capabilities: frozenset[str] = frozenset()
+    capabilities: frozenset[Capability] = frozenset()
     context_window: int | None = None
     input_price: float | None = None
     output_price: float | None = None
@@ -50,6 +79,12 @@ class CatalogEntry:
     stable_alias: str | None = None
     stable_since: date | None = None
     dimensions: bool = False
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend of the first deployment."""
+        return self.deployments[0].backend
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -67,18 +102,22 @@ class Catalog:
     def __init__(self, *, tiers: Sequence[str] = DEFAULT_TIERS) -> None:
         self._entries: dict[str, CatalogEntry] = {}
         self._tiers = tuple(tiers)
+        self._upstreams: list[UpstreamRoutes] = []
+        self._created = int(time.time())
 
     @classmethod
     def from_backends(
         cls,
-        backends: Iterable[AnyBackend],
+        backends: Iterable[Backend],
         specs: Iterable[ModelSpec] = (),
         *,
         builtin: Iterable[ModelSpec] = (),
+        upstreams: Iterable[UpstreamRoutes] = (),
         tiers: Sequence[str] = DEFAULT_TIERS,
     ) -> Catalog:
-        """A catalog of every model the backends serve, then the ``builtin`` entries that a
-        backend can answer, then the configured ``specs``."""
+        """A catalog of every model the local ``backends`` serve, then the ``builtin`` entries
+        one of them can answer, then what the ``upstreams`` list, then the configured
+        ``specs``."""
         catalog = cls(tiers=tiers)
         for backend in backends:
             served = list(backend.served_models())
@@ -87,18 +126,38 @@ class Catalog:
         for spec in builtin:
             if spec.id not in catalog._entries:
                 catalog.apply(spec, required=False)
+        for upstream in upstreams:
+            catalog.add_upstream(upstream)
         for spec in specs:
             catalog.apply(spec)
         return catalog
 
-    def add(self, model: ServedModel, backend: AnyBackend, *, serves: str | None = None) -> None:
+    def add_upstream(self, upstream: UpstreamRoutes) -> None:
+        """Register an upstream: each id it lists (one more deployment of an id another
+        upstream lists), and its globs for ids resolved later."""
+        self._upstreams.append(upstream)
+        for model in upstream.served_models():
+            deployment = Deployment(upstream, upstream.upstream_model(model.id) or model.id)
+            existing = self._entries.get(model.id)
+            if existing is None:
+                self._entries[model.id] = _upstream_entry(model.id, (deployment,), model)
+            elif existing.deployments and _all_upstream(existing, self._upstreams):
+                replicas = (*existing.deployments, deployment)
+                self._entries[model.id] = dataclasses.replace(existing, deployments=replicas)
+            else:
+                raise ConflictError(
+                    f"The model id `{model.id}` is served locally and by upstream "
+                    f"`{upstream.name}`; rename one of them."
+                )
+
+    def add(self, model: ServedModel, backend: Backend, *, serves: str | None = None) -> None:
         """Register a served model (an alias of ``serves`` if given and different); ids are
         unique across backends."""
         if model.id in self._entries:
             raise ConflictError(f"The model id `{model.id}` is served twice.")
         self._entries[model.id] = CatalogEntry(
             id=model.id,
-            backend=backend,
+            deployments=(Deployment(backend, serves or model.id),),
             created=model.created,
             owned_by=model.owned_by,
             capabilities=model.capabilities,
@@ -121,13 +180,14 @@ class Catalog:
                 return
             start = CatalogEntry(
                 id=spec.id,
-                backend=base.backend,
+                deployments=base.deployments,
                 created=base.created,
                 owned_by=base.owned_by,
                 capabilities=base.capabilities,
                 context_window=base.context_window,
                 dimensions=base.dimensions,
                 serves=base.serves or base.id,
+                fallbacks=base.fallbacks,
             )
         capabilities = start.capabilities
         if spec.capabilities is not None:
@@ -156,6 +216,7 @@ class Catalog:
             stable_alias=_pick(spec, "stable_alias", start.stable_alias),
             stable_since=_pick(spec, "stable_since", start.stable_since),
             dimensions=_pick(spec, "dimensions", start.dimensions),
+            fallbacks=tuple(spec.fallbacks) if spec.fallbacks is not None else start.fallbacks,
         )
         self._entries[spec.id] = entry
         for alias in spec.aliases:
@@ -166,10 +227,11 @@ class Catalog:
     def _target(self, spec: ModelSpec, required: bool) -> CatalogEntry | None:
         """The entry whose backend will answer ``spec``."""
         if spec.serves is not None:
-            if spec.serves not in self._entries:
+            target = self._entries.get(spec.serves) or self._routed(spec.serves)
+            if target is None:
                 raise CatalogError(f"`{spec.id}` serves `{spec.serves}`, which is not a model")
-            return self._entries[spec.serves]
-        wanted = frozenset(spec.capabilities or ("chat",))
+            return target
+        wanted = frozenset(spec.capabilities or (Capability.CHAT,))
         for entry in self._entries.values():
             if entry.alias_of is None and wanted <= entry.capabilities:
                 return entry
@@ -186,45 +248,61 @@ class Catalog:
         """The entry of exactly ``model_id``, whatever its status and access."""
         return self._entries.get(model_id)
 
-    def resolve(
-        self, model_id: str, *, caller: Caller = ANONYMOUS, today: date | None = None
-    ) -> CatalogEntry:
-        """The entry that answers ``model_id`` for ``caller`` on ``today``.
+    def _routed(self, model_id: str) -> CatalogEntry | None:
+        """An entry for ``model_id`` over every upstream whose globs match it, if any does."""
+        deployments = []
+        for upstream in self._upstreams:
+            upstream_id = upstream.upstream_model(model_id)
+            if upstream_id is not None:
+                deployments.append(Deployment(upstream, upstream_id))
+        if not deployments:
+            return None
+        return _upstream_entry(model_id, tuple(deployments), created=self._created)
 
-        Raises :class:`ModelNotFoundError` (404) for unknown ids and for models the caller may
-        not use (the same answer, so access does not reveal existence) and, with a message that
-        names the replacement, for retired models.
+    def resolve(
+        self, model_id: str, *, principal: Principal, today: date | None = None
+    ) -> CatalogEntry:
+        """The entry that answers ``model_id`` for ``principal`` on ``today``.
+
+        Raises :class:`ModelNotFoundError` (404) for unknown ids and for models the principal
+        may not use (the same answer, so access does not reveal existence) and, with a message
+        that names the replacement, for retired models.
         """
         day = today or system_clock()
-        entry = self._entries.get(model_id) or self._stable(model_id, caller, day)
-        if entry is None or not caller.may_use(entry.names, entry.tiers):
+        entry = (
+            self._entries.get(model_id)
+            or self._stable(model_id, principal, day)
+            or self._routed(model_id)
+        )
+        if entry is None or not principal.may_use(entry.names, entry.tiers):
             raise ModelNotFoundError(model_id)
         if entry.status(day) is Status.RETIRED:
             raise ModelNotFoundError(model_id, message=entry.lifecycle.retired_message(model_id))
         return entry
 
-    def _stable(self, alias: str, caller: Caller, today: date) -> CatalogEntry | None:
-        """The newest snapshot ``alias`` points at on ``today`` that ``caller`` may use."""
+    def _stable(self, alias: str, principal: Principal, today: date) -> CatalogEntry | None:
+        """The newest snapshot ``alias`` points at on ``today`` that ``principal`` may use."""
         candidates = [
             e
             for e in self._entries.values()
             if e.stable_alias == alias
             and (e.stable_since is None or e.stable_since <= today)
             and e.status(today) is not Status.RETIRED
-            and caller.may_use(e.names, e.tiers)
+            and principal.may_use(e.names, e.tiers)
         ]
         return max(candidates, key=lambda e: e.stable_since or date.min, default=None)
 
-    def visible(self, *, caller: Caller = ANONYMOUS, today: date | None = None) -> list[str]:
-        """The public ids ``caller`` may use on ``today`` (stable aliases after their
+    def visible(self, *, principal: Principal, today: date | None = None) -> list[str]:
+        """The public ids ``principal`` may use on ``today`` (stable aliases after their
         snapshots), in catalog order."""
         day = today or system_clock()
         ids: list[str] = []
         for entry in self._entries.values():
-            if entry.status(day) is not Status.RETIRED and caller.may_use(entry.names, entry.tiers):
+            usable = principal.may_use(entry.names, entry.tiers)
+            if entry.status(day) is not Status.RETIRED and usable:
                 ids.append(entry.id)
         for alias in dict.fromkeys(e.stable_alias for e in self._entries.values()):
-            if alias and alias not in self._entries and self._stable(alias, caller, day):
+            if alias and alias not in self._entries and self._stable(alias, principal, day):
                 ids.append(alias)
         return ids
 
@@ -237,12 +315,40 @@ class Catalog:
         names = dict.fromkeys(e.stable_alias for e in self._entries.values() if e.stable_alias)
         return [name for name in names if name not in self._entries]
 
-    def backends(self) -> list[AnyBackend]:
-        """Each distinct backend once, in order."""
-        unique: dict[int, AnyBackend] = {}
+    def backends(self) -> list[Backend]:
+        """Each distinct backend once, in order (upstreams included)."""
+        unique: dict[int, Backend] = {}
         for entry in self._entries.values():
-            unique.setdefault(id(entry.backend), entry.backend)
+            for deployment in entry.deployments:
+                unique.setdefault(id(deployment.backend), deployment.backend)
+        for upstream in self._upstreams:
+            unique.setdefault(id(upstream), upstream)
         return list(unique.values())
+
+
+def _upstream_entry(
+    model_id: str,
+    deployments: tuple[Deployment, ...],
+    model: ServedModel | None = None,
+    *,
+    created: int = 0,
+) -> CatalogEntry:
+    """An entry served by upstreams: it may do anything the upstream does, and take
+    ``dimensions`` (the upstream judges)."""
+    return CatalogEntry(
+        id=model_id,
+        deployments=deployments,
+        created=model.created if model else created,
+        owned_by=model.owned_by if model else "upstream",
+        capabilities=model.capabilities if model else EVERYTHING,
+        context_window=model.context_window if model else None,
+        dimensions=True,
+    )
+
+
+def _all_upstream(entry: CatalogEntry, upstreams: Sequence[UpstreamRoutes]) -> bool:
+    ids = {id(u) for u in upstreams}
+    return all(id(d.backend) in ids for d in entry.deployments)
 
 
 def _pick(spec: ModelSpec, name: str, default: Any) -> Any:

@@ -6,20 +6,22 @@ from datetime import date
 from typing import Any
 
 from kakehashi.errors import ModelNotFoundError
-from kakehashi.gateway.access import Caller
 from kakehashi.gateway.catalog import Catalog, CatalogEntry
+from kakehashi.gateway.context import Principal
 from kakehashi.gateway.lifecycle import Status
 
 
-def _access(entry: CatalogEntry, caller: Caller) -> str:
-    if caller.allowed is not None and caller.allowed.isdisjoint(entry.names):
+def _access(entry: CatalogEntry, caller: Principal) -> str:
+    if not caller.denied_models.isdisjoint(entry.names):
+        return "no (denied to the key)"
+    if caller.allowed_models is not None and caller.allowed_models.isdisjoint(entry.names):
         return "no (not in the key's allow-list)"
     if entry.tiers is not None and caller.tier is not None and caller.tier not in entry.tiers:
         return f"no (tiers: {', '.join(sorted(entry.tiers))})"
     return "yes"
 
 
-def catalog_rows(catalog: Catalog, *, caller: Caller, today: date) -> list[dict[str, Any]]:
+def catalog_rows(catalog: Catalog, *, caller: Principal, today: date) -> list[dict[str, Any]]:
     """One row per catalog entry, then one per stable alias, in catalog order."""
     rows = []
     for entry in catalog.entries():
@@ -29,7 +31,7 @@ def catalog_rows(catalog: Catalog, *, caller: Caller, today: date) -> list[dict[
                 "alias_of": entry.alias_of,
                 "serves": entry.serves,
                 "stable_alias": entry.stable_alias,
-                "capabilities": sorted(entry.capabilities),
+                "capabilities": sorted(str(c) for c in entry.capabilities),
                 "owned_by": entry.owned_by,
                 "status": entry.lifecycle.describe(today),
                 "retired": entry.status(today) is Status.RETIRED,
@@ -41,7 +43,7 @@ def catalog_rows(catalog: Catalog, *, caller: Caller, today: date) -> list[dict[
         )
     for alias in catalog.stable_aliases():
         try:
-            target = catalog.resolve(alias, caller=caller, today=today)
+            target = catalog.resolve(alias, principal=caller, today=today)
         except ModelNotFoundError:  # no snapshot the caller may use today
             target = None
         rows.append(
@@ -50,7 +52,7 @@ def catalog_rows(catalog: Catalog, *, caller: Caller, today: date) -> list[dict[
                 "alias_of": target.id if target else None,
                 "serves": target.serves if target else None,
                 "stable_alias": None,
-                "capabilities": sorted(target.capabilities) if target else [],
+                "capabilities": sorted(str(c) for c in target.capabilities) if target else [],
                 "owned_by": target.owned_by if target else "",
                 "status": f"stable alias → {target.id}" if target else "stable alias (no target)",
                 "retired": target is None,

@@ -28,36 +28,36 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 _ROLES_NEEDING_CONTENT = frozenset({"system", "developer", "user", "tool"})
 
 
-def _message_text(value: Any) -> Any:
-    """Message content: a string, or a list of text parts joined into one string."""
+TEXT_PART_TYPES = frozenset({"text", "input_text"})
+
+
+def _message_content(value: Any) -> Any:
+    """Message content: a string, or a list of content parts (objects with a ``type``), kept
+    as they are so that an upstream receives them; text parts must carry a string ``text``."""
     if value is None or isinstance(value, str):
         return value
     if not isinstance(value, list):
         raise invalid_type("a string or an array of content parts", value)
-    texts: list[str] = []
+    if not value:
+        raise PydanticCustomError(
+            "too_short",
+            "Invalid '{param}': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.",
+            {"min_length": 1, "actual_length": 0},
+        )
     for part in value:
-        if not isinstance(part, dict):
-            raise invalid_type("an array of content parts (objects)", part)
-        kind = part.get("type")
-        if kind not in ("text", "input_text"):
-            raise PydanticCustomError(
-                "invalid_value",
-                "Invalid content part in '{param}': type '{kind}' is not supported; this server "
-                "accepts only 'text' parts.",
-                {"kind": str(kind)},
-            )
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise invalid_type("a string in the 'text' of every text part", text)
-        texts.append(text)
-    return "\n".join(texts)
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid_type("an array of content parts (objects with a 'type')", part)
+        if part["type"] in TEXT_PART_TYPES and not isinstance(part.get("text"), str):
+            raise invalid_type("a string in the 'text' of every text part", part.get("text"))
+    return value
 
 
-MessageContent = Annotated[str | None, BeforeValidator(_message_text)]
+MessageContent = Annotated[str | list[dict[str, Any]] | None, BeforeValidator(_message_content)]
 
 
 class ChatMessage(RequestModel):
-    """One message of the conversation; ``content`` is normalized to plain text."""
+    """One message of the conversation; ``content`` is a string or a list of content parts."""
 
     role: Role
     content: MessageContent = None
@@ -76,9 +76,27 @@ class ChatMessage(RequestModel):
             )
         return self
 
+    @property
+    def non_text_parts(self) -> list[str]:
+        """The types of the content parts that are not text (images, audio, files)."""
+        if not isinstance(self.content, list):
+            return []
+        return [p["type"] for p in self.content if p["type"] not in TEXT_PART_TYPES]
+
+    @property
+    def text(self) -> str | None:
+        """The content as plain text: text parts joined by newlines."""
+        if not isinstance(self.content, list):
+            return self.content
+        return "\n".join(p["text"] for p in self.content if p["type"] in TEXT_PART_TYPES)
+
     def template_dict(self) -> dict[str, Any]:
-        """The message as chat templates expect it (only the fields that are set)."""
-        return self.model_dump(exclude_none=True)
+        """The message as chat templates expect it: its modelled fields that are set, with the
+        content as plain text."""
+        data = self.model_dump(exclude_none=True, include=set(type(self).model_fields))
+        if self.content is not None:
+            data["content"] = self.text
+        return data
 
 
 class ChatCompletionRequest(RequestModel):

@@ -53,9 +53,9 @@ def _stop_sequences(value: Any) -> Any:
 
 
 StopSequences = Annotated[
-    list[str] | None,
+    # The length bound sits on the list alone: on the union it would be applied to null too.
+    Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None,
     BeforeValidator(_stop_sequences),
-    Field(max_length=MAX_STOP_SEQUENCES),
 ]
 """The ``stop`` parameter, normalized to a list of at most four strings."""
 

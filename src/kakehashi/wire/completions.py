@@ -43,7 +43,10 @@ def _is_token_ids(value: Any) -> bool:
 
 
 def _prompts(value: Any) -> list[Prompt]:
-    """Normalize every accepted ``prompt`` form to a list of prompts."""
+    """Normalize every accepted ``prompt`` form to a list of prompts; ``null`` is OpenAI's
+    default, an empty prompt (the model starts from its start-of-text token)."""
+    if value is None:
+        return [""]
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not value:
@@ -56,7 +59,7 @@ def _prompts(value: Any) -> list[Prompt]:
         prompts = [list(item) for item in value]
     else:
         raise invalid_type(_PROMPT_TYPES, value)
-    if any(token < 0 for ids in prompts for token in ids):
+    if any(isinstance(ids, list) and min(ids) < 0 for ids in prompts):
         raise PydanticCustomError(
             "invalid_value", "Invalid value for '{param}': token ids must not be negative."
         )

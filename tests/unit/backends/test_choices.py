@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kakehashi.backends.choices import Choice, finish_reason, legacy_choice, new_job, usage
 from kakehashi.backends.fake import FakeTokenizer
-from kakehashi.backends.prompting import Prompt
+from kakehashi.backends.prompting import Prompt, legacy_prompt
 from kakehashi.engine.params import FinishReason, GenerationChunk, SamplingParams, TokenLogprob
 from kakehashi.wire.completions import CompletionRequest
 
@@ -57,13 +57,17 @@ def test_choice_state_and_usage_counts_each_prompt_once() -> None:
 
 
 def test_legacy_choice_echoes_the_prompt_first() -> None:
-    [run] = new_job("cmpl", [Prompt([FakeTokenizer.BOS, 104], "h")], 1, SamplingParams()).runs
+    prompt = legacy_prompt("h", FakeTokenizer())
+    assert prompt.ids == [FakeTokenizer.BOS, 104] and prompt.added == (1, 0)
+    [run] = new_job("cmpl", [prompt], 1, SamplingParams()).runs
     request = CompletionRequest(model="m", prompt="h", echo=True, logprobs=0)
     choice = legacy_choice(run, request, FakeTokenizer())
     assert choice.absorb(_chunk("i", 1)) == "hi"
     assert choice.absorb(_chunk("", 1, reason=FinishReason.STOP)) == ""
     assert choice.text == "hi" and choice.finish == "stop"
-    assert choice.take_logprobs().tokens == ["<|begin|>", "h", "i"]
+    # The BOS the tokenizer added is read by the model but is not part of the echoed text.
+    logprobs = choice.take_logprobs()
+    assert logprobs.tokens == ["h", "i"] and logprobs.text_offset == [0, 1]
     plain = legacy_choice(run, CompletionRequest(model="m", prompt="h"), FakeTokenizer())
     assert plain.absorb(_chunk("i", 1)) == "i" and plain.take_logprobs() is None
 

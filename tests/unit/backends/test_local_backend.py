@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kakehashi.backends.base import Call, StreamUsage
 from kakehashi.backends.local import LocalBackend, default_model_id, load_local_model
 from kakehashi.engine.models.tiny import make_tiny_model
 from kakehashi.errors import ContextLengthExceededError, InvalidRequestError
 from kakehashi.settings import Settings
-from kakehashi.wire.chat import ChatCompletionRequest
+from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest
 from kakehashi.wire.completions import CompletionRequest
 from support.openapi import validate
 
@@ -35,13 +36,13 @@ class Runner:
 
     def chat(self, **fields: Any) -> Any:
         body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, **fields}
-        response = self.run(self.backend.chat_completion(ChatCompletionRequest(**body)))
+        response = self.run(self.backend.chat(ChatCompletionRequest(**body), Call("tiny")))
         validate("CreateChatCompletionResponse", response.model_dump(mode="json"))
         return response
 
     def complete(self, **fields: Any) -> Any:
         body = {"model": "tiny", "prompt": "The bridge", "max_tokens": 6, **fields}
-        return self.run(self.backend.completion(CompletionRequest(**body)))
+        return self.run(self.backend.completion(CompletionRequest(**body), Call("tiny")))
 
     def collect(self, stream: Any) -> list[Any]:
         async def gather() -> list[Any]:
@@ -66,8 +67,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
 
 
 def test_default_model_id(tmp_path: Path) -> None:
-    assert default_model_id(Settings()) == "kakehashi-demo"
+    assert default_model_id(Settings()) == "smollm2-135m-instruct"
+    assert default_model_id(Settings(model="tiny-random")) == "tiny-random"
     assert default_model_id(Settings(model=str(tmp_path))) == tmp_path.name
+    gguf = tmp_path / "Model-7B.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert default_model_id(Settings(model=str(gguf))) == "Model-7B.Q4_K_M"
+    assert default_model_id(Settings(model="ollama:qwen2.5:0.5b")) == "qwen2.5:0.5b"
+    assert default_model_id(Settings(model="lmstudio:org/repo")) == "org/repo"
     assert default_model_id(Settings(model="Org/Model-1B")) == "Org/Model-1B"
     assert default_model_id(Settings(model="Org/Model-1B", served_model_name="m")) == "m"
 
@@ -134,13 +141,15 @@ def test_stream_matches_whole_response(tiny: Runner) -> None:
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = tiny.collect(tiny.backend.stream_chat_completion(request))
+    call = Call("tiny")
+    *chunks, end = tiny.collect(tiny.backend.stream_chat(request, call))
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk.model_dump(mode="json"))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert isinstance(end, StreamUsage) and end.usage.completion_tokens == 12
+    assert (call.prompt_tokens, call.completion_tokens) == (end.usage.prompt_tokens, 12)
 
 
 def test_context_length(tiny: Runner) -> None:
@@ -165,17 +174,17 @@ def test_legacy_echo_logprobs(tiny: Runner) -> None:
     generated = tiny.complete(temperature=0).choices[0].text
     assert choice.text == "The bridge" + generated
     logprobs = choice.logprobs
-    count = response.usage.prompt_tokens + response.usage.completion_tokens
+    # The model read a BOS the tokenizer added; the tokens leave it out and spell the text.
+    count = response.usage.prompt_tokens - 1 + response.usage.completion_tokens
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == count
     assert len(logprobs.top_logprobs) == len(logprobs.text_offset) == count
-    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
-    assert logprobs.tokens[0] == "<|begin_of_text|>"
+    assert logprobs.tokens[:2] == ["The", " bridge"]
     for token, value, top in zip(
-        logprobs.tokens[1:], logprobs.token_logprobs[1:], logprobs.top_logprobs[1:], strict=True
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
     ):
-        assert value <= 0 and top[token] == value
+        assert value <= 0 and top[token] == value  # the first token too: it follows the BOS
         assert len(top) <= 3
-    assert logprobs.text_offset[:3] == [0, 0, len(logprobs.tokens[1])]
+    assert logprobs.text_offset[:3] == [0, 3, 10]
     assert logprobs.text_offset == sorted(logprobs.text_offset)
 
 
@@ -212,9 +221,9 @@ def test_disconnect_aborts_the_engine_request(
     monkeypatch.setattr(engine, "abort", watched_abort)
 
     async def read_a_little() -> None:
-        stream = tiny.backend.stream_chat_completion(request)
+        stream = tiny.backend.stream_chat(request, Call("tiny"))
         async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if isinstance(chunk, ChatCompletionChunk) and chunk.choices[0].delta.content:
                 break
         await stream.aclose()  # type: ignore[attr-defined]
 

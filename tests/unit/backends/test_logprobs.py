@@ -56,3 +56,17 @@ def test_legacy_echo_then_generated_tokens_in_batches() -> None:
     second = legacy.take()
     assert (second.tokens, second.text_offset) == (["!"], [2])
     assert legacy.take().tokens == []
+
+
+def test_legacy_echo_leaves_out_the_tokens_the_tokenizer_added() -> None:
+    # BOS "a" "b" EOS, where the tokenizer added BOS and EOS around the text "ab".
+    echo = [FakeTokenizer.BOS, ord("a"), ord("b"), FakeTokenizer.EOS]
+    legacy = LegacyLogprobs(TOKENIZER, 0, echo=echo, skip=(1, 1))
+    prompt = (None, TokenLogprob(ord("a"), -1.0), TokenLogprob(ord("b"), -2.0), None)
+    legacy.absorb(_chunk(TokenLogprob(ord("c"), HALF), prompt=prompt))
+    first = legacy.take()
+    # The tokens spell exactly the echoed text and the generated one; the first shown token is
+    # scored, since the model read the BOS before it.
+    assert "".join(first.tokens) == "abc"
+    assert first.text_offset == [0, 1, 2]
+    assert first.token_logprobs == [-1.0, -2.0, HALF]

@@ -72,8 +72,10 @@ def test_sixty_four_requests_stay_within_the_kv_pool_and_queue(parts):
         assert tokens_of(drain(alone)["r"]) == tokens_of(chunks[str(i)])
 
 
-def test_queue_limit_raises_a_503_overloaded_error(parts):
-    engine = make_engine(parts, max_queue_len=3)
+def test_capacity_is_the_running_slots_plus_the_queue(parts):
+    # Two slots and one place in the queue: three requests fit, though none is scheduled yet.
+    engine = make_engine(parts, max_num_seqs=2, max_queue_len=1)
+    assert engine.capacity == 3
     for i in range(3):
         engine.add_request(str(i), prompt(parts, i), GREEDY)
     with pytest.raises(EngineOverloadedError) as info:
@@ -82,9 +84,23 @@ def test_queue_limit_raises_a_503_overloaded_error(parts):
     assert isinstance(error, ServiceUnavailableError)
     assert error.status_code == 503
     assert error.to_dict()["error"]["code"] == "engine_overloaded"
-    engine.step()  # admitted requests leave the queue, making room again
+    assert "2 running slots" in error.message and "1 places in its queue" in error.message
+    engine.step()  # scheduling moves requests from the queue to slots; the engine stays full
+    with pytest.raises(EngineOverloadedError):
+        engine.add_request("3", prompt(parts, 3), GREEDY)
+    while not any(c.finished for c in engine.step()):  # a finished request makes room
+        pass
     engine.add_request("3", prompt(parts, 3), GREEDY)
-    assert len(drain(engine)) == 4
+    assert drain(engine)["3"][-1].finish_reason is FinishReason.LENGTH
+
+
+def test_a_queue_of_zero_admits_while_a_slot_is_free(parts):
+    engine = make_engine(parts, max_num_seqs=2, max_queue_len=0)
+    engine.add_request("0", prompt(parts, 0), GREEDY)
+    engine.add_request("1", prompt(parts, 1), GREEDY)
+    with pytest.raises(EngineOverloadedError):
+        engine.add_request("2", prompt(parts, 2), GREEDY)
+    assert len(drain(engine)) == 2
 
 
 def test_async_engine_refuses_requests_beyond_the_queue_limit(parts):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from kakehashi.engine.params import SamplingParams
@@ -143,3 +144,11 @@ def test_bfloat16_logits_are_widened_only_where_a_row_needs_float32():
     assert math.isclose(out.logprobs[2].logprob, raw[2, 7].item(), rel_tol=1e-6)
     assert [t for t, _ in out.logprobs[2].top] == [7, 9]
     assert logits[1, 9].item() == 7.96875  # the bias was applied to a copy
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6])
+def test_tiny_temperatures_are_greedy_not_nan(temperature: float) -> None:
+    # The API accepts any temperature in [0, 2]; logits / 1e-300 overflow to inf.
+    logits = torch.randn(3, 50) * 10
+    out = run(logits, [SamplingParams(temperature=temperature, top_p=0.5)] * 3)
+    assert out.token_ids == logits.argmax(dim=-1).tolist()

@@ -172,3 +172,64 @@ def test_same_prompt_waits_for_the_blocks_being_computed_then_shares_them():
     # Next step a decodes and b is admitted with a's two full blocks as cache hits.
     assert plan(run_step(sched)) == [("a", 10, 1), ("b", 8, 2)]
     assert b.block_table[:2] == a.block_table[:2]
+
+
+def add_batch(sched: Scheduler, name: str, n: int) -> Sequence:
+    """Queue a batch line (priority 1) of ``n`` tokens."""
+    base = ord(name[0]) * 100
+    seq = Sequence(name, [base + i for i in range(n)], SamplingParams(), priority=1)
+    sched.add(seq)
+    return seq
+
+
+def test_interactive_requests_queue_ahead_of_batch_lines():
+    sched = make_scheduler(max_num_seqs=1)
+    add(sched, "a", 3)
+    run_step(sched)
+    add_batch(sched, "x", 3)
+    add_batch(sched, "y", 3)
+    add(sched, "b", 3)
+    assert [s.request_id for s in sched.waiting] == ["b", "x", "y"]
+
+
+def test_an_interactive_request_takes_a_batch_lines_slot_at_once():
+    sched = make_scheduler(max_num_seqs=2)
+    add_batch(sched, "x", 4)
+    y = add_batch(sched, "y", 4)
+    run_step(sched)
+    add(sched, "a", 4)
+    out = run_step(sched)
+    # The newest batch line gives up its slot; the interactive request is prefilled now.
+    assert out.preempted == [y]
+    assert plan(out) == [("a", 0, 4), ("x", 4, 1)]
+    assert [s.request_id for s in sched.waiting] == ["y"]
+    assert y.num_computed_tokens == 0 and y.num_preemptions == 1
+
+
+def test_an_interactive_request_takes_a_batch_lines_blocks():
+    sched = make_scheduler(num_blocks=4)
+    add_batch(sched, "x", 16)  # every block
+    run_step(sched)
+    add(sched, "a", 4)
+    out = run_step(sched)
+    assert [s.request_id for s in out.preempted] == ["x"]
+    assert plan(out) == [("a", 0, 4)]
+
+
+def test_interactive_work_is_budgeted_before_batch_prefills():
+    sched = make_scheduler(budget=8)
+    add_batch(sched, "x", 40)  # a long batch prompt, prefilled in chunks
+    run_step(sched)
+    add(sched, "a", 6)
+    # The interactive prompt goes first; the batch prefill takes what is left.
+    assert plan(run_step(sched)) == [("a", 0, 6), ("x", 8, 2)]
+    assert plan(run_step(sched)) == [("a", 6, 1), ("x", 10, 7)]
+
+
+def test_batch_lines_never_preempt_each_other_for_admission():
+    sched = make_scheduler(max_num_seqs=1)
+    add_batch(sched, "x", 4)
+    run_step(sched)
+    add_batch(sched, "y", 4)
+    out = run_step(sched)
+    assert out.preempted == [] and plan(out) == [("x", 4, 1)]

@@ -14,7 +14,11 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from kakehashi.engine.models.loader import load_model, read_model_config
-from kakehashi.engine.models.tiny import DEMO_MODEL_NAME, demo_model_dir, make_tiny_model
+from kakehashi.engine.models.tiny import (
+    TINY_RANDOM_DIR_NAME,
+    make_tiny_model,
+    tiny_random_model_dir,
+)
 
 FILES = {
     "config.json",
@@ -93,25 +97,25 @@ def test_vocabulary_is_filled(tiny_llama_dir: Path) -> None:
     assert len(tokenizer.get_vocab()) == 2048
 
 
-def test_demo_model_is_made_once_and_loads(tmp_path: Path) -> None:
-    target = demo_model_dir(tmp_path)
-    assert target == tmp_path / "models" / DEMO_MODEL_NAME
+def test_tiny_random_model_is_made_once_and_loads(tmp_path: Path) -> None:
+    target = tiny_random_model_dir(tmp_path)
+    assert target == tmp_path / "models" / TINY_RANDOM_DIR_NAME
     config = read_model_config(target)
     assert (config.hidden_size, config.num_layers, config.vocab_size) == (128, 4, 4096)
     before = _digests(target)
     stamp = (target / "model.safetensors").stat().st_mtime_ns
-    assert demo_model_dir(tmp_path) == target
+    assert tiny_random_model_dir(tmp_path) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
     assert _digests(target) == before
-    assert [p.name for p in target.parent.iterdir()] == [DEMO_MODEL_NAME]  # no staging left
+    assert [p.name for p in target.parent.iterdir()] == [TINY_RANDOM_DIR_NAME]  # no staging left
     assert load_model(target).config.hidden_size == 128
 
 
-def test_demo_model_survives_concurrent_creation(tmp_path: Path) -> None:
+def test_tiny_random_model_survives_concurrent_creation(tmp_path: Path) -> None:
     script = (
         "import sys; from pathlib import Path; "
-        "from kakehashi.engine.models.tiny import demo_model_dir; "
-        "print(demo_model_dir(Path(sys.argv[1])))"
+        "from kakehashi.engine.models.tiny import tiny_random_model_dir; "
+        "print(tiny_random_model_dir(Path(sys.argv[1])))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE)
@@ -119,9 +123,9 @@ def test_demo_model_survives_concurrent_creation(tmp_path: Path) -> None:
     ]
     outputs = [p.communicate(timeout=120)[0].decode().strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    target = tmp_path / "models" / DEMO_MODEL_NAME
+    target = tmp_path / "models" / TINY_RANDOM_DIR_NAME
     assert outputs == [str(target)] * 2
-    assert [p.name for p in target.parent.iterdir()] == [DEMO_MODEL_NAME]
+    assert [p.name for p in target.parent.iterdir()] == [TINY_RANDOM_DIR_NAME]
     assert {p.name for p in target.iterdir()} == FILES
     assert load_model(target).config.num_layers == 4
 

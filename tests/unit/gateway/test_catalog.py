@@ -13,9 +13,10 @@ import pytest
 from kakehashi.backends.embedding import LocalEmbeddingBackend
 from kakehashi.backends.fake import FakeBackend
 from kakehashi.errors import ModelNotFoundError
-from kakehashi.gateway.access import ANONYMOUS, Caller, caller_for
-from kakehashi.gateway.builtin import builtin_specs, migration_table
+from kakehashi.gateway.access import principal_for
+from kakehashi.gateway.builtin import builtin_specs, migration_table, openai_name_specs
 from kakehashi.gateway.catalog import Catalog, CatalogError
+from kakehashi.gateway.context import OPEN_ACCESS, Principal
 from kakehashi.gateway.lifecycle import Lifecycle, Status
 from kakehashi.settings import KeySpec, ModelSpec, Settings
 
@@ -61,15 +62,15 @@ def test_retired_model_is_404_naming_the_replacement() -> None:
         [FakeBackend(["local"])],
         [ModelSpec(id="old", deprecated_on=DEPRECATED, shutdown_on=SHUTDOWN, replacement="local")],
     )
-    assert catalog.resolve("old", today=date(2024, 5, 31)).id == "old"
+    assert catalog.resolve("old", principal=OPEN_ACCESS, today=date(2024, 5, 31)).id == "old"
     with pytest.raises(ModelNotFoundError) as caught:
-        catalog.resolve("old", today=SHUTDOWN)
+        catalog.resolve("old", principal=OPEN_ACCESS, today=SHUTDOWN)
     assert caught.value.code == "model_not_found" and caught.value.status_code == 404
     assert caught.value.message == (
         "The model `old` has been deprecated and was shut down on 2024-06-01; use `local` instead."
     )
-    assert catalog.visible(today=date(2024, 5, 31)) == ["local", "old"]
-    assert catalog.visible(today=SHUTDOWN) == ["local"]
+    assert catalog.visible(principal=OPEN_ACCESS, today=date(2024, 5, 31)) == ["local", "old"]
+    assert catalog.visible(principal=OPEN_ACCESS, today=SHUTDOWN) == ["local"]
 
 
 def test_stable_alias_upgrades_to_its_successor_on_the_date() -> None:
@@ -78,15 +79,26 @@ def test_stable_alias_upgrades_to_its_successor_on_the_date() -> None:
         ModelSpec(id="gpt-x-0613", stable_alias="gpt-x", stable_since=date(2023, 6, 27)),
     ]
     catalog = Catalog.from_backends([FakeBackend(["local"])], snapshots)
-    assert catalog.resolve("gpt-x", today=date(2023, 6, 26)).id == "gpt-x-0301"
-    assert catalog.resolve("gpt-x", today=date(2023, 6, 27)).id == "gpt-x-0613"
+    assert (
+        catalog.resolve("gpt-x", principal=OPEN_ACCESS, today=date(2023, 6, 26)).id == "gpt-x-0301"
+    )
+    assert (
+        catalog.resolve("gpt-x", principal=OPEN_ACCESS, today=date(2023, 6, 27)).id == "gpt-x-0613"
+    )
     with pytest.raises(ModelNotFoundError):  # before the first snapshot, the alias is unknown
-        catalog.resolve("gpt-x", today=date(2023, 2, 1))
-    assert catalog.visible(today=date(2023, 7, 1)) == ["local", "gpt-x-0301", "gpt-x-0613", "gpt-x"]
+        catalog.resolve("gpt-x", principal=OPEN_ACCESS, today=date(2023, 2, 1))
+    assert catalog.visible(principal=OPEN_ACCESS, today=date(2023, 7, 1)) == [
+        "local",
+        "gpt-x-0301",
+        "gpt-x-0613",
+        "gpt-x",
+    ]
     # A retired snapshot stops being a target; the alias falls back to the one still served.
     retiring = ModelSpec(id="gpt-x-0613", shutdown_on=date(2024, 1, 1))
     catalog.apply(retiring)
-    assert catalog.resolve("gpt-x", today=date(2024, 1, 2)).id == "gpt-x-0301"
+    assert (
+        catalog.resolve("gpt-x", principal=OPEN_ACCESS, today=date(2024, 1, 2)).id == "gpt-x-0301"
+    )
 
 
 def test_tiers_and_allow_lists() -> None:
@@ -94,20 +106,22 @@ def test_tiers_and_allow_lists() -> None:
         [FakeBackend(["local"])],
         [ModelSpec(id="gpt-4", serves="local", min_tier="tier-1", aliases=("gpt-4-latest",))],
     )
-    free = Caller(label="free", tier="free")
-    paid = Caller(label="paid", tier="tier-2")
-    listed = caller_for(KeySpec(key="sk-x", tier="tier-5", models=("gpt-4-latest",)))
+    free = Principal(key_id="free", label="free", tier="free")
+    paid = Principal(key_id="paid", label="paid", tier="tier-2")
+    listed = principal_for(KeySpec(key="sk-x", tier="tier-5", models=("gpt-4-latest",)))
     day = date(2025, 1, 1)
-    assert catalog.visible(caller=free, today=day) == ["local"]
-    assert catalog.visible(caller=paid, today=day) == ["local", "gpt-4", "gpt-4-latest"]
-    assert catalog.visible(caller=listed, today=day) == ["gpt-4-latest"]
-    assert catalog.visible(caller=ANONYMOUS, today=day) == ["local", "gpt-4", "gpt-4-latest"]
+    assert catalog.visible(principal=free, today=day) == ["local"]
+    assert catalog.visible(principal=paid, today=day) == ["local", "gpt-4", "gpt-4-latest"]
+    assert catalog.visible(principal=listed, today=day) == ["gpt-4-latest"]
+    assert catalog.visible(principal=OPEN_ACCESS, today=day) == ["local", "gpt-4", "gpt-4-latest"]
     for caller, model in [(free, "gpt-4"), (free, "gpt-4-latest"), (listed, "local")]:
         with pytest.raises(ModelNotFoundError) as caught:
-            catalog.resolve(model, caller=caller, today=day)
+            catalog.resolve(model, principal=caller, today=day)
         # exactly what an unknown model gets
         assert caught.value.message == ModelNotFoundError(model).message
-    assert catalog.resolve("gpt-4", caller=paid, today=day).backend is catalog.get("local").backend
+    assert (
+        catalog.resolve("gpt-4", principal=paid, today=day).backend is catalog.get("local").backend
+    )
 
 
 def test_key_spec_parsing_and_settings_validation() -> None:
@@ -205,3 +219,39 @@ def test_settings_file_env_and_flags_precedence(
         ["sk-env:gold"],
         ["free", "gold"],
     )
+
+
+def test_openai_names_go_to_the_served_chat_model() -> None:
+    chat, embedder = FakeBackend(["local-chat"]), _embedder()
+    catalog = Catalog.from_backends([chat, embedder], builtin=openai_name_specs())
+    for name in ("gpt-3.5-turbo", "gpt-4", "gpt-4.1", "gpt-4o", "chatgpt-4o-latest"):
+        entry = catalog.resolve(name, principal=OPEN_ACCESS)
+        assert entry.backend is chat and entry.serves == "local-chat"
+        assert entry.capabilities == frozenset({"chat"})
+    assert catalog.resolve(
+        "gpt-3.5-turbo-instruct", principal=OPEN_ACCESS
+    ).capabilities == frozenset({"completions"})
+    # With no chat model served, the names are not in the catalog at all.
+    alone = Catalog.from_backends([embedder], builtin=openai_name_specs())
+    with pytest.raises(ModelNotFoundError):
+        alone.resolve("gpt-4", principal=OPEN_ACCESS)
+
+
+def test_configured_models_win_over_the_openai_names() -> None:
+    configured = [
+        ModelSpec(id="gpt-4-0613", serves="local-chat", stable_alias="gpt-4"),
+        ModelSpec(id="team-model", serves="local-chat", aliases=("gpt-4o",)),
+        ModelSpec(id="gpt-4.1", serves="local-chat", min_tier="tier-1"),
+    ]
+    defaults = openai_name_specs(configured)
+    assert {"gpt-4", "gpt-4o", "gpt-4.1"}.isdisjoint(spec.id for spec in defaults)
+    catalog = Catalog.from_backends([FakeBackend(["local-chat"])], configured, builtin=defaults)
+    assert (
+        catalog.resolve("gpt-4", principal=OPEN_ACCESS).id == "gpt-4-0613"
+    )  # the stable alias, not a default
+    assert catalog.resolve("gpt-4o", principal=OPEN_ACCESS).alias_of == "team-model"
+    assert catalog.get("gpt-4.1").tiers is not None  # the configured access rule holds
+    free = principal_for(KeySpec(key="sk-free", tier="free"))
+    with pytest.raises(ModelNotFoundError):
+        catalog.resolve("gpt-4.1", principal=free)
+    assert catalog.resolve("gpt-3.5-turbo", principal=free).serves == "local-chat"

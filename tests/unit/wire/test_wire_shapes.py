@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from kakehashi.wire.base import forwarded
 from kakehashi.wire.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -42,14 +43,34 @@ def test_stop_is_normalized_to_a_list() -> None:
     assert chat().stop is None
 
 
-def test_content_parts_become_text_and_unknown_fields_are_ignored() -> None:
+def test_content_parts_and_unknown_fields_are_kept_for_an_upstream() -> None:
+    parts = [
+        {"type": "text", "text": "a"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+        {"type": "text", "text": "b"},
+    ]
     request = chat(
-        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}], "extra": 1}],
-        response_format={"type": "text"},
+        messages=[{"role": "user", "content": parts, "extra": 1}],
+        response_format={"type": "json_object"},
         metadata={"k": "v"},
+        temperature=None,
     )
-    assert request.messages[0].content == "a"
-    assert request.messages[0].template_dict() == {"role": "user", "content": "a"}
+    message = request.messages[0]
+    assert message.content == parts
+    assert message.text == "a\nb" and message.non_text_parts == ["image_url"]
+    assert message.template_dict() == {"role": "user", "content": "a\nb"}
+    assert forwarded(request) == {
+        "model": "m",
+        "messages": [{"role": "user", "content": parts, "extra": 1}],
+        "response_format": {"type": "json_object"},
+        "metadata": {"k": "v"},
+    }
+
+
+def test_content_parts_need_a_type_and_text_parts_a_text() -> None:
+    for content in ([{"text": "a"}], ["a"], [{"type": "text", "text": 5}]):
+        [error] = errors_of({"messages": [{"role": "user", "content": content}]})
+        assert error["type"] == "invalid_type", content
 
 
 def test_assistant_may_omit_content() -> None:

@@ -129,12 +129,16 @@ def _apply_rotary(x: torch.Tensor, angles: RotaryAngles) -> torch.Tensor:
 
 
 def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
-    """Apply ``rope_scaling`` ("linear" or Llama 3's "llama3") to the base frequencies."""
+    """Apply ``rope_scaling`` ("linear", Llama 3's "llama3", or "inv_freq_factors": one divisor
+    per frequency, as GGUF files store Llama 3's) to the base frequencies."""
     if not scaling:
         return inv_freq
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq
+    if kind == "inv_freq_factors":
+        factors = torch.tensor(scaling["factors"], dtype=inv_freq.dtype)
+        return inv_freq / factors.to(inv_freq.device)
     factor = float(scaling["factor"])
     if kind == "linear":
         return inv_freq / factor

@@ -1,10 +1,11 @@
 """Tiny random-weight models of real architectures, written as Hugging Face model directories.
 
-Tests and demos need a model without the internet. :func:`make_tiny_model` writes everything a
-real checkpoint has (``config.json``, ``generation_config.json``, ``model.safetensors`` with the
-Hugging Face tensor names, ``tokenizer.json`` with a byte-level BPE trained here in about a
-second, ``tokenizer_config.json`` with special tokens and a chat template), so both our loader and
-``transformers`` load it. The same arguments always give byte-identical files.
+Tests, benchmarks and trials need a model without the internet. :func:`make_tiny_model` writes
+everything a real checkpoint has (``config.json``, ``generation_config.json``,
+``model.safetensors`` with the Hugging Face tensor names, ``tokenizer.json`` with a byte-level
+BPE trained here in about a second, ``tokenizer_config.json`` with special tokens and a chat
+template), so both our loader and ``transformers`` load it. The same arguments always give
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 Arch = Literal["llama", "qwen2"]
 WeightDtype = Literal["float32", "bfloat16"]
 
-DEMO_MODEL_NAME = "kakehashi-demo-v1"
+TINY_RANDOM_DIR_NAME = "tiny-random-v1"
 
 # Training text for the tiny tokenizer: varied English, Japanese, Chinese, code and symbols, so
 # that multi-byte characters end up split across tokens in some places and merged in others.
@@ -250,13 +251,14 @@ def make_tiny_model(
     return out_dir
 
 
-def demo_model_dir(data_dir: Path) -> Path:
-    """``data_dir/models/kakehashi-demo-v1``, generated (atomically) if it is not there yet."""
-    target = Path(data_dir) / "models" / DEMO_MODEL_NAME
+def tiny_random_model_dir(data_dir: Path) -> Path:
+    """``data_dir/models/tiny-random-v1`` (what ``--model tiny-random`` serves), generated
+    (atomically) if it is not there yet."""
+    target = Path(data_dir) / "models" / TINY_RANDOM_DIR_NAME
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL_NAME}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_RANDOM_DIR_NAME}-", dir=target.parent))
     try:
         make_tiny_model(
             staging,

@@ -1,0 +1,417 @@
+"""Upstream backends: any OpenAI-compatible server over HTTP, one ``[[upstreams]]`` entry each.
+
+Each upstream has one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where an ``https``
+upstream offers it) and a provider :mod:`preset <kakehashi.backends.presets>` for its quirks.
+A request goes out as the client sent it, with the upstream's own model id, minus the
+parameters the route may drop (listed in :attr:`Call.dropped_params`); a parameter the provider
+cannot honour and the route may not drop is refused with a 400 naming it. Streams always ask
+the upstream for ``include_usage``; the usage chunk becomes the stream's final
+:class:`~kakehashi.backends.base.StreamUsage`. Every upstream error is normalized to OpenAI's
+envelope by the preset; connection failures and timeouts become 502 and 504.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from kakehashi.backends.base import (
+    Call,
+    ChatStream,
+    CompletionStream,
+    ServedModel,
+    StreamUsage,
+    served_as,
+)
+from kakehashi.backends.presets import Preset, normalize, preset, read_problem
+from kakehashi.capabilities import EVERYTHING, Capability
+from kakehashi.errors import (
+    BadGatewayError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
+from kakehashi.settings import UpstreamSpec
+from kakehashi.wire.base import RequestModel, forwarded
+from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from kakehashi.wire.common import Usage
+from kakehashi.wire.completions import CompletionRequest, CompletionResponse
+from kakehashi.wire.embeddings import EmbeddingRequest, EmbeddingResponse
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+C = TypeVar("C", ChatCompletionChunk, CompletionResponse)
+_GLOB = frozenset("*?[")
+_ENDPOINTS = {
+    Capability.CHAT: "/chat/completions",
+    Capability.COMPLETIONS: "/completions",
+    Capability.EMBEDDINGS: "/embeddings",
+}
+
+
+class UpstreamConfigError(ValueError):
+    """An ``[[upstreams]]`` entry cannot be used as configured."""
+
+
+class UpstreamBackend:
+    """One OpenAI-compatible upstream server."""
+
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        *,
+        environ: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.spec = spec
+        self.preset: Preset = preset(spec.provider)
+        base_url = spec.base_url or self.preset.base_url
+        if base_url is None:
+            raise UpstreamConfigError(f"upstream `{spec.name}` needs a base_url")
+        base_url = base_url.rstrip("/")
+        self.base_url = self.preset.base_url_aliases.get(base_url, base_url)
+        env = os.environ if environ is None else environ
+        key_env = spec.api_key_env or self.preset.api_key_env
+        self._api_key = env.get(key_env) if key_env else None
+        if key_env and spec.api_key_env and not self._api_key:
+            logger.warning("upstream %s: %s is not set; sending no key", spec.name, key_env)
+        self._exact = [m for m in spec.models if not _GLOB & set(m)]
+        self._globs = [m for m in spec.models if _GLOB & set(m)]
+        self._served = served_as(self._exact, owned_by=spec.name, capabilities=EVERYTHING)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    # -- identity and lifecycle ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The upstream's configured name."""
+        return self.spec.name
+
+    def served_models(self) -> Sequence[ServedModel]:
+        """The exact ids the upstream lists (its globs match more)."""
+        return self._served
+
+    def upstream_model(self, public_id: str) -> str | None:
+        """The id the upstream knows ``public_id`` by (after ``rename``), or None."""
+        served = public_id in self._exact or any(
+            fnmatch.fnmatchcase(public_id, glob) for glob in self._globs
+        )
+        return self.spec.rename.get(public_id, public_id) if served else None
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        if self._client is not None:
+            return
+        timeouts = self.spec.timeouts
+        headers = {"User-Agent": "kakehashi"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        limits = httpx.Limits(
+            max_connections=self.spec.max_concurrency,
+            max_keepalive_connections=self.spec.max_concurrency,
+            keepalive_expiry=30,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.read,
+                write=timeouts.write,
+                pool=timeouts.pool,
+            ),
+            limits=limits,
+            http2=self.spec.http2 and self.base_url.startswith("https://"),
+            transport=self._transport,
+        )
+
+    async def stop(self) -> None:
+        """Close the pool (in-flight requests fail)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pool; 503 before :meth:`start`."""
+        if self._client is None:
+            raise ServiceUnavailableError(f"The upstream `{self.name}` is not connected yet.")
+        return self._client
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _body(
+        self, capability: Capability, request: RequestModel, call: Call, *, stream: bool
+    ) -> dict[str, Any]:
+        """The JSON to send: the request as it came, for the upstream's model, less what the
+        route drops; refuses what the provider cannot honour."""
+        body = forwarded(request)
+        body["model"] = call.model
+        body.pop("stream", None)
+        options = dict(body.pop("stream_options", None) or {})
+        if stream:
+            body["stream"] = True
+            if self.preset.stream_usage:
+                options["include_usage"] = True
+            if options:
+                body["stream_options"] = options
+        drop = self.spec.drop_params
+        for refusal in self.preset.unsupported(capability, body, call.model):
+            if drop is True or (drop and refusal.param in drop):
+                body.pop(refusal.param, None)
+                call.dropped_params.append(refusal.param)
+                continue
+            raise InvalidRequestError(
+                f"Unsupported parameter: '{refusal.param}' ({refusal.reason}). Leave it out, "
+                f"or let the route drop it (drop_params of upstream `{self.name}`).",
+                param=refusal.param,
+                code="unsupported_parameter",
+            )
+        return body
+
+    async def _post(self, capability: Capability, body: dict[str, Any], call: Call) -> Any:
+        """POST ``body`` and return the decoded JSON of a successful answer."""
+        try:
+            response = await self.client.post(
+                _ENDPOINTS[capability], json=body, timeout=self._timeout(call)
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise self.preset.error(
+                response.status_code, response.headers, response.content, self.name
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise BadGatewayError(
+                f"The upstream `{self.name}` answered with a body that is not JSON.",
+                upstream=self.name,
+            ) from None
+        hidden = self.preset.body_error(response.status_code, data)
+        if hidden is not None:
+            raise normalize(hidden, response.headers, self.name)
+        return data
+
+    def _timeout(self, call: Call) -> httpx.Timeout | None:
+        """The pool's timeouts, the read one cut to the time the call has left."""
+        left = call.remaining()
+        if left is None:
+            return None
+        timeouts = self.spec.timeouts
+        return httpx.Timeout(
+            connect=min(timeouts.connect, max(left, 0.001)),
+            read=min(timeouts.read, max(left, 0.001)),
+            write=timeouts.write,
+            pool=min(timeouts.pool, max(left, 0.001)),
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError) -> BadGatewayError | GatewayTimeoutError:
+        if isinstance(exc, httpx.TimeoutException):
+            kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
+            return GatewayTimeoutError(
+                f"The upstream `{self.name}` did not {kind} in time.", upstream=self.name
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return BadGatewayError(f"Cannot reach the upstream `{self.name}`.", upstream=self.name)
+        return BadGatewayError(
+            f"The connection to the upstream `{self.name}` failed: {type(exc).__name__}.",
+            upstream=self.name,
+        )
+
+    def _parse(self, shape: type[M], data: Any) -> M:
+        try:
+            return shape.model_validate(data)
+        except ValidationError as exc:
+            raise BadGatewayError(
+                f"The upstream `{self.name}` answered with a malformed {shape.__name__}: "
+                f"{exc.errors()[0]['msg']}.",
+                upstream=self.name,
+            ) from None
+
+    async def chat(self, request: ChatCompletionRequest, call: Call) -> ChatCompletionResponse:
+        """A whole chat completion from the upstream."""
+        body = self._body(Capability.CHAT, request, call, stream=False)
+        response = self._parse(
+            ChatCompletionResponse, await self._post(Capability.CHAT, body, call)
+        )
+        response.model = request.model
+        _count(call, response.usage)
+        return response
+
+    async def completion(self, request: CompletionRequest, call: Call) -> CompletionResponse:
+        """A whole legacy completion from the upstream."""
+        body = self._body(Capability.COMPLETIONS, request, call, stream=False)
+        data = await self._post(Capability.COMPLETIONS, body, call)
+        response = self._parse(CompletionResponse, data)
+        response.model = request.model
+        _count(call, response.usage)
+        return response
+
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> EmbeddingResponse:
+        """Embeddings from the upstream."""
+        body = self._body(Capability.EMBEDDINGS, request, call, stream=False)
+        data = await self._post(Capability.EMBEDDINGS, body, call)
+        response = self._parse(EmbeddingResponse, data)
+        response.model = request.model
+        call.prompt_tokens = response.usage.prompt_tokens
+        return response
+
+    async def stream_chat(self, request: ChatCompletionRequest, call: Call) -> ChatStream:
+        """A chat completion streamed from the upstream."""
+        body = self._body(Capability.CHAT, request, call, stream=True)
+        async for item in self._stream(Capability.CHAT, body, call, ChatCompletionChunk):
+            if isinstance(item, ChatCompletionChunk):
+                item.model = request.model
+            yield item
+
+    async def stream_completion(self, request: CompletionRequest, call: Call) -> CompletionStream:
+        """A legacy completion streamed from the upstream."""
+        body = self._body(Capability.COMPLETIONS, request, call, stream=True)
+        async for item in self._stream(Capability.COMPLETIONS, body, call, CompletionResponse):
+            if isinstance(item, CompletionResponse):
+                item.model = request.model
+            yield item
+
+    async def _stream(
+        self,
+        capability: Capability,
+        body: dict[str, Any],
+        call: Call,
+        shape: type[C],
+    ) -> AsyncGenerator[C | StreamUsage, None]:
+        """The upstream's SSE frames as chunks, then the usage; closing this generator closes
+        the connection, which cancels the upstream's work."""
+        request = self.client.build_request(
+            "POST", _ENDPOINTS[capability], json=body, timeout=self._timeout(call)
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        usage: Usage | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(response.aclose)
+            if response.status_code >= 400:
+                content = await _read(response)
+                raise self.preset.error(response.status_code, response.headers, content, self.name)
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                content = await _read(response)
+                problem = self.preset.body_error(200, _json_or_none(content))
+                raise normalize(problem or read_problem(502, content), response.headers, self.name)
+            try:
+                done = False
+                async for data in _sse_data(response.aiter_lines()):
+                    # Read on past [DONE] to the end of the body, so the connection is reused.
+                    done = done or data == "[DONE]"
+                    if done:
+                        continue
+                    chunk = self._chunk(shape, data)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                        _count(call, usage)
+                    if "usage" in chunk.model_fields_set:
+                        chunk.usage = None
+                        chunk.model_fields_set.discard("usage")
+                    if chunk.choices:
+                        if usage is None:
+                            call.completion_tokens += 1
+                        yield chunk
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from exc
+        if usage is None:
+            usage = Usage.of(call.prompt_tokens or 0, call.completion_tokens)
+        yield StreamUsage(usage)
+
+    def _chunk(self, shape: type[C], data: str) -> C:
+        try:
+            return shape.model_validate_json(data)
+        except ValidationError:
+            problem = _json_or_none(data.encode())
+            if isinstance(problem, dict) and "error" in problem:  # an error frame
+                raise normalize(read_problem(500, data.encode()), {}, self.name) from None
+            raise BadGatewayError(
+                f"The upstream `{self.name}` sent a malformed stream chunk.", upstream=self.name
+            ) from None
+
+
+async def _read(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _count(call: Call, usage: Any) -> None:
+    """Note an upstream's reported usage on ``call``."""
+    if usage is None:
+        return
+    call.prompt_tokens = usage.prompt_tokens
+    call.completion_tokens = getattr(usage, "completion_tokens", 0)
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
+    parts: list[str] = []
+    async for line in lines:
+        if not line:
+            if parts:
+                yield "\n".join(parts)
+                parts = []
+            continue
+        if line.startswith("data:"):
+            parts.append(line[5:].removeprefix(" "))
+    if parts:
+        yield "\n".join(parts)
+
+
+def upstream_backends(
+    specs: Sequence[UpstreamSpec], *, environ: Mapping[str, str] | None = None
+) -> list[UpstreamBackend]:
+    """One backend per ``[[upstreams]]`` entry."""
+    return [UpstreamBackend(spec, environ=environ) for spec in specs]
+
+
+OPENAI_MODEL_GLOBS = (
+    "gpt-*",
+    "chatgpt-*",
+    "o1*",
+    "o3*",
+    "o4*",
+    "text-embedding-3-*",
+    "davinci-002",
+    "babbage-002",
+)
+"""OpenAI's model ids, routed to OpenAI when ``OPENAI_API_KEY`` is set and nothing else is
+configured for OpenAI."""
+
+
+def configured_upstreams(
+    specs: Sequence[UpstreamSpec], *, passthrough: bool, environ: Mapping[str, str] | None = None
+) -> list[UpstreamSpec]:
+    """The ``[[upstreams]]``, plus OpenAI for its own model ids when ``OPENAI_API_KEY`` is set,
+    ``passthrough`` allows it and no upstream is already OpenAI (local models and configured
+    ids still come first: a glob only routes ids the catalog does not have)."""
+    env = os.environ if environ is None else environ
+    found = list(specs)
+    configured = any(s.provider == "openai" or s.name == "openai" for s in found)
+    if passthrough and env.get("OPENAI_API_KEY") and not configured:
+        found.append(UpstreamSpec(name="openai", provider="openai", models=OPENAI_MODEL_GLOBS))
+    return found

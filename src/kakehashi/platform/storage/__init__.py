@@ -1,0 +1,1 @@
+"""The platform's database: tables, Alembic migrations and the engine that reaches them."""
