@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from kakehashi.engine.engine import EngineConfig, LLMEngine
 from kakehashi.engine.models.loader import load_model
 from kakehashi.engine.params import SamplingParams
 from kakehashi.engine.tokenizer import Tokenizer
+from kakehashi.settings import Settings
 
 _ids = itertools.count()
 
@@ -86,7 +87,9 @@ def measure(model_dir: Path, workload: Workload) -> dict[str, Any]:
     load_start = time.perf_counter()
     model = load_model(model_dir, dtype=torch.bfloat16)
     tokenizer = Tokenizer.from_dir(model_dir)
-    engine = LLMEngine(model, tokenizer, ENGINE_CONFIG)
+    # KAKEHASHI_CPU_KERNELS=0 (the torch-only run) reaches the engine through the settings.
+    config = replace(ENGINE_CONFIG, cpu_kernels=Settings().cpu_kernels)
+    engine = LLMEngine(model, tokenizer, config)
     result: dict[str, Any] = {
         "load_seconds": time.perf_counter() - load_start,
         "rss_after_load_mb": peak_rss_mb(),

@@ -1,11 +1,12 @@
 """Engine benchmark: kakehashi vs transformers vs llama.cpp, and the machine's limits.
 
     python benchmarks/engine.py [--model smollm2-135m|qwen2.5-0.5b|all] [--quick]
-                                [--skip-llamacpp] [--skip-transformers]
+                                [--skip-llamacpp] [--skip-transformers] [--contention N]
 
 Random bf16 weights in the real shapes of each model (cached under ``.cache/bench-models``).
 Every system runs in its own process with 2 threads (the machine's cores) on the same prompts;
 the figures of one run are printed side by side with the ratios the targets of issue 3 use.
+With ``--contention N``, N busy processes run beside every system while it is measured.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from _contention import busy_processes
 from _report import print_model_report
 from _shapes import SHAPES, ModelShape, describe, model_dir
 from _steal import CpuTimes, report_line, stolen_share
@@ -59,12 +61,14 @@ def _child(
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def _guarded(label: str, fn: Any, *args: Any) -> dict[str, Any]:
-    """Run one system's measurements; a failure is reported, not fatal to the others."""
+def _guarded(label: str, fn: Any, *args: Any, contention: int = 0) -> dict[str, Any]:
+    """Run one system's measurements beside ``contention`` busy processes; a failure is
+    reported, not fatal to the others."""
     start = time.perf_counter()
     print(f"  {label}...", flush=True)
     try:
-        result = fn(*args)
+        with busy_processes(contention):
+            result = fn(*args)
     except subprocess.CalledProcessError as exc:
         print(f"  {label} FAILED: {describe_failure(exc)}", flush=True)
         return {"error": describe_failure(exc)}
@@ -93,7 +97,13 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         result["kakehashi"] = _guarded(
-            "kakehashi", _child, "_kakehashi", model, workload, tmp_dir / "kakehashi.json"
+            "kakehashi",
+            _child,
+            "_kakehashi",
+            model,
+            workload,
+            tmp_dir / "kakehashi.json",
+            contention=args.contention,
         )
         if not args.skip_torch_only:
             # The same engine on torch's kernels only: what our CPU kernels add, in this run.
@@ -105,6 +115,7 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
                 replace(workload, profile=False),
                 tmp_dir / "kakehashi-torch.json",
                 {"KAKEHASHI_CPU_KERNELS": "0"},
+                contention=args.contention,
             )
         reference = tmp_dir / "transformers.logits.npy"
         if not args.skip_transformers:
@@ -115,11 +126,17 @@ def bench_model(shape: ModelShape, workload: Workload, args: argparse.Namespace)
                 model,
                 workload,
                 tmp_dir / "transformers.json",
+                contention=args.contention,
             )
         if not args.skip_llamacpp:
             if reference.is_file():
                 result["llamacpp"] = _guarded(
-                    "llama.cpp", llamacpp.run, model, workload.to_json(), reference
+                    "llama.cpp",
+                    llamacpp.run,
+                    model,
+                    workload.to_json(),
+                    reference,
+                    contention=args.contention,
                 )
             else:
                 print("  llama.cpp skipped: it needs transformers' reference logits", flush=True)
@@ -144,7 +161,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print where kakehashi's decode steps spend time"
     )
+    parser.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy processes beside every system while it is measured (default 0)",
+    )
     args = parser.parse_args()
+    if args.contention < 0:
+        parser.error("--contention must be 0 or more")
     workload = Workload.quick() if args.quick else Workload()
     if args.profile:
         workload = replace(workload, profile=True)
@@ -157,6 +183,8 @@ def main() -> None:
     )
     print(f"workload: {workload.to_json()}")
     print(f"load average before: {_load()} (anything above ~0.5 means others share the cores)")
+    if args.contention:
+        print(f"contention: {args.contention} busy processes beside every system measured")
     limits = _measure_limits("before", args.quick)
     report: dict[str, Any] = {"workload": json.loads(workload.to_json())}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

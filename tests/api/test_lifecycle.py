@@ -215,3 +215,16 @@ def test_settable_clock_from_settings(tmp_path: Path) -> None:
     ) as today:
         assert complete(today, "text-davinci-003").status_code == 404
         assert complete(today, FAKE_MODEL_ID).status_code == 200
+
+
+def test_the_codex_models_seed_code_names_are_retired_with_a_replacement(
+    client: TestClient, calendar: Calendar
+) -> None:
+    # davinci-codex, as in the founding blog post's 0.28 code, was shut down on 2023-03-23.
+    calendar.day = date(2023, 3, 23)
+    error = expect_error(complete(client, "davinci-codex"), 404)
+    assert error["code"] == "model_not_found" and error["param"] is None
+    assert "shut down on 2023-03-23" in error["message"]
+    assert "use `gpt-3.5-turbo-instruct` instead" in error["message"]
+    calendar.day = date(2023, 3, 22)
+    assert complete(client, "code-cushman-001").status_code == 200

@@ -174,6 +174,7 @@ def test_listing_pages_in_creation_order(database: Database) -> None:
         (NewKey(name="k", models=("a", " ")), "models"),
         (NewKey(name="k", rpm=0), "rpm"),
         (NewKey(name="k", tpm=-5), "tpm"),
+        (NewKey(name="k", tpm=2**31), "tpm"),  # would overflow the column on PostgreSQL
         (NewKey(name="k", budget_usd=-1.0), "budget_usd"),
         (NewKey(name="k", budget_usd=float("nan")), "budget_usd"),
         (NewKey(name="k", expires_at=1), "expires_at"),

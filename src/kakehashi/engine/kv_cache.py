@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kakehashi.engine import kernels
 from kakehashi.engine.models.base import PagedDecode
 
 
@@ -31,15 +30,14 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
         cpu_kernels: bool = False,
+        amx: bool = False,
     ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         # Decode attention through kakehashi.engine.kernels (bfloat16 on the CPU only).
         self.cpu_kernels = cpu_kernels and dtype == torch.bfloat16 and _kernel_head_dim(head_dim)
         # Prompt attention through the AMX kernel (it takes head sizes 64, 128 and 256).
-        self.prefill_kernel = (
-            self.cpu_kernels and head_dim in (64, 128, 256) and kernels.amx_usable()
-        )
+        self.prefill_kernel = self.cpu_kernels and amx and head_dim in (64, 128, 256)
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]

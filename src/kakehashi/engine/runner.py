@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from kakehashi.engine.config import EngineConfig
+from kakehashi.engine.kernels import TORCH_KERNELS, Kernels, resolve_kernels
 from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
+from kakehashi.engine.memory import model_device, model_dtype, packed_copy_fits
 from kakehashi.engine.models.base import CausalLM
 from kakehashi.engine.scheduler import ScheduledSequence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -28,12 +34,56 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    """Owns the model and its KV cache; turns a schedule into logits."""
+    """Owns the model, the kernels it runs on and its KV cache; turns a schedule into logits."""
 
-    def __init__(self, model: CausalLM, kv_cache: KVCache) -> None:
+    def __init__(
+        self, model: CausalLM, kv_cache: KVCache, kernels: Kernels = TORCH_KERNELS
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.kernels = kernels
         self.device = kv_cache.keys[0].device if kv_cache.keys else torch.device("cpu")
+
+    @classmethod
+    def create(
+        cls, model: CausalLM, config: EngineConfig, kernels: Kernels | None = None
+    ) -> ModelRunner:
+        """Prepare ``model`` to run on ``kernels`` (by default resolved from
+        ``config.cpu_kernels`` for the model's dtype and device) and give it a KV cache sized
+        as ``config`` says. Packed weight copies are kept only on a CPU, only where
+        ``config.prepack_weights`` allows and free memory holds them."""
+        device, dtype = model_device(model), model_dtype(model)
+        if kernels is None:
+            kernels = resolve_kernels(config.cpu_kernels, device=device, dtype=dtype)
+        pack = device.type == "cpu" and config.prepack_weights and packed_copy_fits(model)
+        model.use_kernels(kernels, pack=pack)
+        if kernels.bf16:
+            batches = "AMX" if pack and kernels.amx else "oneDNN" if pack else "torch"
+            log.info(
+                "CPU kernels on: AVX-512 BF16 decode (one sequence), %s (decode batches), "
+                "paged decode attention",
+                batches,
+            )
+        mc = model.config
+        per_block = KVCache.bytes_per_block(
+            num_layers=mc.num_layers,
+            block_size=config.block_size,
+            num_kv_heads=mc.num_kv_heads,
+            head_dim=mc.head_dim,
+            dtype=dtype,
+        )
+        kv_cache = KVCache(
+            num_layers=mc.num_layers,
+            num_blocks=config.resolve_num_blocks(per_block, device),
+            block_size=config.block_size,
+            num_kv_heads=mc.num_kv_heads,
+            head_dim=mc.head_dim,
+            dtype=dtype,
+            device=device,
+            cpu_kernels=kernels.bf16,
+            amx=kernels.amx,
+        )
+        return cls(model, kv_cache, kernels)
 
     def run(self, scheduled: Sequence[ScheduledSequence]) -> RunnerOutput:
         bs = self.kv_cache.block_size

@@ -13,12 +13,11 @@ client comparing models, and it does not change with sampling settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from kakehashi.engine import kernels
 from kakehashi.engine.params import SamplingParams, TokenLogprob
 
 MAX_TOP_LOGPROBS = 20
@@ -99,23 +98,31 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
 
 
+def _torch_argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    return torch.argmax(x, dim=-1)
+
+
 def sample(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
     output_token_ids: Sequence[Sequence[int]],
+    *,
+    argmax_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SamplerOutput:
     """Choose one token per row of ``logits`` (N, V), float32 or bfloat16.
 
     ``generators[i]`` is row ``i``'s own generator (seeded requests) or None for the global
     one; ``output_token_ids[i]`` are the tokens row ``i`` generated so far (for penalties).
+    ``argmax_rows`` decides the greedy rows (the engine passes its kernels'; default torch's).
     """
     n = logits.shape[0]
     if not (len(params) == len(generators) == len(output_token_ids) == n):
         raise ValueError("one params, generator and output list is needed per row")
     processed = apply_penalties_and_bias(logits, params, output_token_ids)
     # Greedy rows are decided together: one argmax and one sync for the whole batch.
-    chosen: list[int] = kernels.argmax_rows(processed).tolist()
+    argmax = argmax_rows or _torch_argmax_rows
+    chosen: list[int] = argmax(processed).tolist()
     for i, p in enumerate(params):
         if p.temperature < MIN_SAMPLING_TEMPERATURE:
             continue

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from kakehashi.capabilities import Capability
-from kakehashi.retirements import MIGRATION_TABLE, Endpoint, Migration, migration_table
+from kakehashi.retirements import MIGRATION_TABLE, TABLES, Endpoint, Migration, migration_table
 from kakehashi.settings import ModelSpec
 
 OPENAI_NAMES = "openai_model_names.toml"
@@ -55,8 +55,9 @@ def _spec(row: Migration) -> ModelSpec:
 
 
 def builtin_specs() -> list[ModelSpec]:
-    """Catalog entries for every row of the migration table."""
-    return [_spec(row) for row in migration_table()]
+    """Catalog entries for every row of every retirement table (Codex's of 2023, the GPT-3
+    migration of 2024), so that a retired name gets its own 404 naming the replacement."""
+    return [_spec(row) for name in TABLES for row in migration_table(name)]
 
 
 def openai_name_specs(configured: Iterable[ModelSpec] = ()) -> list[ModelSpec]:

@@ -29,6 +29,8 @@ from kakehashi.platform.storage.db import Database
 from kakehashi.settings import KeySpec, Settings
 
 KEY_PREFIX = "sk-kh-"
+MAX_RATE = 2**31 - 1
+"""The largest per-minute limit a key may have (the column is a 32-bit integer)."""
 KeyStatus = Literal["active", "revoked", "expired"]
 
 
@@ -124,9 +126,9 @@ class NewKey:
                 code="invalid_value",
             )
         for param, value in (("rpm", self.rpm), ("tpm", self.tpm)):
-            if value is not None and value < 1:
+            if value is not None and not 1 <= value <= MAX_RATE:
                 raise InvalidRequestError(
-                    f"Invalid '{param}': must be at least 1, but got {value}.",
+                    f"Invalid '{param}': must be from 1 to {MAX_RATE}, but got {value}.",
                     param=param,
                     code="invalid_value",
                 )

@@ -14,6 +14,7 @@ or in Redis (:class:`~kakehashi.platform.ratelimit_redis.RedisRateStore`), share
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -183,6 +184,7 @@ class PlatformLimiter:
         self.defaults = defaults
         self.fail_open = fail_open
         self._warnings = _Warnings()
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def admit(self, ctx: RequestContext, model: str, estimated_tokens: int) -> Admission:
         key = self.keys(ctx.principal.key_id)
@@ -209,16 +211,28 @@ class PlatformLimiter:
         return Admission(charged_tokens=estimated_tokens, headers=headers, ticket=ticket)
 
     async def settle(self, admission: Admission, used_tokens: int) -> None:
+        """Start giving back (or charging) the difference; it is applied off the request path,
+        so a response never waits for a second round trip to the store (:meth:`flush` waits)."""
         ticket = admission.ticket
         if not isinstance(ticket, _Ticket) or not ticket.token_cells:
             return
         delta = used_tokens - admission.charged_tokens
         if delta == 0:
             return
+        task = asyncio.create_task(self._adjust(ticket.token_cells, delta))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _adjust(self, cells: Sequence[Cell], delta: int) -> None:
         try:
-            await self.store.adjust(ticket.token_cells, [delta] * len(ticket.token_cells))
+            await self.store.adjust(cells, [delta] * len(cells))
         except LimiterUnavailableError as exc:
             self._warnings.warn(f"rate limiter: could not settle a token charge: {exc}")
+
+    async def flush(self) -> None:
+        """Wait until every settlement started so far is applied."""
+        while self._settling:
+            await asyncio.gather(*self._settling)
 
     def _check_budget(self, key: ApiKey) -> None:
         if key.budget_usd is None:

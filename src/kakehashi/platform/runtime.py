@@ -106,6 +106,7 @@ class Platform:
     async def stop(self) -> None:
         """Stop the retention job, write everything queued, and close connections."""
         await self.retention.stop()
+        await self.limiter.flush()
         self.ledger.close()
         self.bodies.close()
         if isinstance(self.rate_store, RedisRateStore):

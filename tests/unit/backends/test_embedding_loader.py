@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kakehashi.backends.embedding import load_embedding_model
-from kakehashi.engine.embedding import find_packaged_embedding_model
+from kakehashi.engine.packaged_embedding import find_packaged_embedding_model
 
 NO_GPU = not torch.cuda.is_available()
 

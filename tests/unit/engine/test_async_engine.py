@@ -141,6 +141,35 @@ def test_engine_failure_raises_engine_error_everywhere(parts):
     asyncio.run(main())
 
 
+def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(parts):
+    sync = make_engine(parts)
+    engine = AsyncEngine(sync)
+    run = sync.runner.run
+    broken = {"once": True}
+
+    def fails_once(scheduled):  # a step that raises, as a kernel bug or a NaN might
+        if broken.pop("once", False):
+            raise RuntimeError("injected step failure")
+        return run(scheduled)
+
+    idle_blocks = sync.block_manager.num_free_blocks
+
+    async def main():
+        first = await collect(engine, "warm", prompt(parts, 0), PARAMS)
+        sync.runner.run = fails_once
+        with pytest.raises(EngineError, match="injected step failure"):
+            await collect(engine, "unlucky", prompt(parts, 1), PARAMS)
+        blocks_after_failure = sync.block_manager.num_free_blocks
+        again = await collect(engine, "after", prompt(parts, 0), PARAMS)
+        await engine.shutdown()
+        return first, again, blocks_after_failure
+
+    first, again, free = asyncio.run(main())
+    assert [c.token_ids for c in again] == [c.token_ids for c in first]
+    assert again[-1].finish_reason is FinishReason.LENGTH
+    assert free == idle_blocks  # the failed request's blocks came back
+
+
 def test_shutdown_aborts_in_flight_requests_and_refuses_new_ones(parts):
     engine = AsyncEngine(make_engine(parts))
 

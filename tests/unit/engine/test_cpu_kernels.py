@@ -16,7 +16,7 @@ from reference_context import ReferenceContext
 from kakehashi.engine import kernels
 from kakehashi.engine.engine import EngineConfig, LLMEngine
 from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
-from kakehashi.engine.models.llama import DecoderLayer
+from kakehashi.engine.models.llama import DecoderLayer, Projection
 from kakehashi.engine.models.loader import load_model
 from kakehashi.engine.models.tiny import make_tiny_model
 from kakehashi.engine.params import SamplingParams
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(
     not kernels.bf16_kernels_available(), reason="no AVX-512 BF16 CPU or no compiler"
 )
 ops = torch.ops.kakehashi if kernels.bf16_kernels_available() else None
+# What an engine of a bfloat16 model resolves on this machine with the kernels allowed.
+KERNELS = kernels.resolve_kernels(True, device=torch.device("cpu"), dtype=torch.bfloat16)
 
 
 def _rand(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -105,6 +107,17 @@ def test_rotary_matches_the_model_formula(tokens, heads, head_dim):
     torch.testing.assert_close(got[:, :heads], want, atol=1e-2, rtol=1e-2)
     assert (got[:, :heads] != want).float().mean() < 0.01  # the same roundings, in practice
     assert torch.equal(got[:, heads:], x[:, heads:])
+
+
+@pytest.mark.parametrize("count", [0, 1, 300])
+def test_embedding_is_torchs_lookup(count):
+    table = _rand(1000, 72, seed=31)
+    ids = torch.randint(0, 1000, (count,), generator=torch.Generator().manual_seed(32))
+    assert torch.equal(ops.embedding(table, ids), F.embedding(ids, table))
+    with pytest.raises(RuntimeError, match="id 1000 is out of range for 1000 rows"):
+        ops.embedding(table, torch.tensor([3, 1000]))
+    with pytest.raises(RuntimeError, match="id -1 is out of range"):
+        ops.embedding(table, torch.tensor([-1]))
 
 
 @pytest.mark.parametrize(("rows", "width"), [(1, 1536), (4, 100)])
@@ -216,7 +229,8 @@ def bf16_llama_dir(tmp_path_factory: pytest.TempPathFactory):
 def test_model_with_kernels_matches_the_model_without(bf16_llama_dir):
     plain = load_model(bf16_llama_dir, dtype=torch.bfloat16)
     fast = load_model(bf16_llama_dir, dtype=torch.bfloat16)
-    assert fast.enable_cpu_kernels()
+    assert KERNELS.bf16
+    fast.use_kernels(KERNELS, pack=True)
     tokens = torch.tensor([5, 17, 300, 42, 9, 100, 7])
 
     def decode_logits(model) -> torch.Tensor:
@@ -262,7 +276,10 @@ def test_engine_decodes_a_batch_through_the_attention_kernel(bf16_llama_dir):
 
 def test_fp32_models_do_not_use_the_kernels(tiny_llama_dir):
     model = load_model(tiny_llama_dir)
-    assert not model.enable_cpu_kernels()
+    assert (
+        kernels.resolve_kernels(True, device=torch.device("cpu"), dtype=model.lm_head.weight.dtype)
+        == kernels.TORCH_KERNELS
+    )
     cache = KVCache(
         num_layers=1,
         num_blocks=4,
@@ -286,7 +303,7 @@ def test_argmax_rows_matches_torch_including_ties_and_infinities(dtype):
     got = ops.argmax_rows(x)
     assert got.tolist() == torch.argmax(x, dim=-1).tolist()
     assert got.dtype == torch.int64
-    assert kernels.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()
+    assert KERNELS.argmax_rows(x[:, :333]).tolist() == torch.argmax(x[:, :333], -1).tolist()
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ops.argmax_rows(x.half())
 
@@ -320,10 +337,10 @@ def test_amx_linear_reads_strided_rows():
 @amx_only
 def test_amx_packs_replace_onednn_packs(bf16_llama_dir):
     model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
-    model.prepack_weights()
-    assert model.enable_cpu_kernels()
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert all(hasattr(m, "amx_weight") and not hasattr(m, "packed_weight") for m in linears)
+    model.use_kernels(KERNELS, pack=True)
+    projections = [m for m in model.modules() if isinstance(m, Projection)]
+    assert projections
+    assert all(m.amx_weight is not None and m.onednn_weight is None for m in projections)
 
 
 def test_store_kv_writes_each_token_into_its_slot():
@@ -340,17 +357,21 @@ def test_store_kv_writes_each_token_into_its_slot():
         ops.store_kv_(k_cache, v_cache, torch.tensor([0, 1, 64]), k, v)
 
 
-def test_switched_off_by_environment_the_model_runs_on_torch(bf16_llama_dir, tmp_path):
+def test_switched_off_in_the_settings_nothing_is_built_or_loaded(bf16_llama_dir):
     script = (
         "import torch\n"
-        "from kakehashi.engine import kernels\n"
+        "from kakehashi.engine.engine import EngineConfig, LLMEngine\n"
         "from kakehashi.engine.models.loader import load_model\n"
+        "from kakehashi.engine.tokenizer import Tokenizer\n"
+        "from kakehashi.settings import Settings\n"
         f"model = load_model({str(bf16_llama_dir)!r}, dtype=torch.bfloat16)\n"
-        "assert not kernels.bf16_kernels_available()\n"
-        "assert not model.enable_cpu_kernels()\n"
+        "config = EngineConfig(max_model_len=64, cpu_kernels=Settings().cpu_kernels)\n"
+        f"engine = LLMEngine(model, Tokenizer.from_dir({str(bf16_llama_dir)!r}), config)\n"
+        "assert not engine.kernels.bf16 and not engine.kv_cache.cpu_kernels\n"
+        "assert 'kakehashi_cpu_kernels' not in open('/proc/self/maps').read()\n"
         "print('torch only')\n"
     )
-    env = {**os.environ, kernels.DISABLE_ENV: "0"}
+    env = {**os.environ, "KAKEHASHI_CPU_KERNELS": "0"}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
@@ -614,7 +635,7 @@ def test_short_of_memory_the_engine_keeps_one_copy_of_the_weights(
 ):
     # A model that fills most of the RAM (a 7B model on a 24 GB machine) must still load:
     # no packed second copy, the kernels still on for single-sequence decode.
-    from kakehashi.engine import engine as engine_module
+    from kakehashi.engine import memory
 
     prompts = [list(range(3, 40)), list(range(50, 60)), [9] * 30]
     packed_engine = LLMEngine(
@@ -624,15 +645,15 @@ def test_short_of_memory_the_engine_keeps_one_copy_of_the_weights(
     )
     want = _generate(packed_engine, prompts)
 
-    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: 1024**3)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1024**3)
     model = load_model(bf16_llama_dir, dtype=torch.bfloat16)
-    with caplog.at_level("WARNING", logger="kakehashi.engine.engine"):
+    with caplog.at_level("WARNING", logger="kakehashi.engine.memory"):
         engine = LLMEngine(
             model, Tokenizer.from_dir(bf16_llama_dir), EngineConfig(max_model_len=256)
         )
     assert "not packing weights" in caplog.text
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert not any(hasattr(m, "amx_weight") or hasattr(m, "packed_weight") for m in linears)
+    projections = [m for m in model.modules() if isinstance(m, Projection)]
+    assert all(m.amx_weight is None and m.onednn_weight is None for m in projections)
     assert engine.kv_cache.cpu_kernels and model.fused_decode
     assert model.fused_decode_max_rows == 3  # batches of more go through torch's matmul
     got = _generate(engine, prompts)

@@ -18,10 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kakehashi.engine.embedding import (
+from kakehashi.engine.embedding import EmbeddingModel, EmbeddingModelError
+from kakehashi.engine.packaged_embedding import (
     PACKAGED_MODEL_PACKAGE,
-    EmbeddingModel,
-    EmbeddingModelError,
     find_packaged_embedding_model,
 )
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from reference_context import ReferenceContext
 
+from kakehashi.engine.kernels import TORCH_KERNELS
 from kakehashi.engine.kv_cache import KVCache, PagedAttentionContext, SequenceSlice
-from kakehashi.engine.models.llama import RMSNorm
+from kakehashi.engine.models.llama import Projection, RMSNorm
 from kakehashi.engine.models.loader import load_model
 
 
@@ -22,7 +23,8 @@ def test_prepacked_bfloat16_model_matches_the_plain_one(arch_dir, request):
     model_dir = request.getfixturevalue(arch_dir)
     plain = load_model(model_dir, dtype=torch.bfloat16)
     packed = load_model(model_dir, dtype=torch.bfloat16)
-    assert packed.prepack_weights()
+    packed.use_kernels(TORCH_KERNELS, pack=True)
+    assert all(m.onednn_weight is not None for m in packed.modules() if isinstance(m, Projection))
     tokens = torch.tensor([5, 17, 300, 42, 9, 1000, 7])
 
     def logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -39,8 +41,8 @@ def test_prepacked_bfloat16_model_matches_the_plain_one(arch_dir, request):
 
 def test_fp32_models_are_not_prepacked(tiny_llama_dir):
     model = load_model(tiny_llama_dir)
-    assert not model.prepack_weights()
-    assert all(not hasattr(m, "packed_weight") for m in model.modules())
+    model.use_kernels(TORCH_KERNELS, pack=True)
+    assert all(m.onednn_weight is None for m in model.modules() if isinstance(m, Projection))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -96,6 +96,24 @@ def test_rope_scaling_matches_transformers(tmp_path: Path, rope_scaling: dict) -
     _assert_parity(model_dir)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_table_gives_the_bits_of_computing_each_position(dtype: torch.dtype) -> None:
+    from kakehashi.engine.models.llama import RotaryEmbedding
+
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    rope = RotaryEmbedding(64, 10000.0, scaling)
+    # out of order, repeated, then past the first table and past its doubling
+    for positions in ([3, 0, 3, 255], [256, 7], [1500], [0]):
+        p = torch.tensor(positions)
+        cos, signed_sin = rope(p, dtype)
+        freqs = p.float()[:, None] * rope.inv_freq[None, :]
+        want_cos = torch.cat((freqs.cos(), freqs.cos()), -1).to(dtype)[:, None]
+        want_sin = torch.cat((-freqs.sin(), freqs.sin()), -1).to(dtype)[:, None]
+        assert cos.shape == signed_sin.shape == (len(positions), 1, 64)
+        assert torch.equal(cos, want_cos) and torch.equal(signed_sin, want_sin)
+    assert rope(torch.tensor([], dtype=torch.int64), dtype)[0].shape == (0, 1, 64)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_packed_batch_equals_separate_runs(

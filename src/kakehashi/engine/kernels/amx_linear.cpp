@@ -193,7 +193,7 @@ at::Tensor amx_pack(const at::Tensor& weight) {
   at::Tensor packed = at::empty({np * kp}, w.options());
   auto* dst = reinterpret_cast<bf16*>(packed.data_ptr());
   const auto* src = reinterpret_cast<const bf16*>(w.data_ptr());
-  at::parallel_for(0, np, kBlockCols, [&](int64_t n0, int64_t n1) {
+  parallel_for(0, np, kBlockCols, [&](int64_t n0, int64_t n1) {
     for (int64_t row = n0; row < n1; ++row) {
       for (int64_t col = 0; col < kp; ++col) {
         bf16 v = (row < n && col < k) ? src[row * k + col] : 0;
@@ -232,7 +232,7 @@ at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n, 
   std::vector<InputTile> a = input_tiles(xp, m, k, x.stride(0), kp, scratch);
   const auto* w = reinterpret_cast<const bf16*>(packed.data_ptr());
   auto* yp = reinterpret_cast<bf16*>(y.data_ptr());
-  at::parallel_for(0, np / kBlockCols, 1, [&](int64_t b0, int64_t b1) {
+  parallel_for(0, np / kBlockCols, 1, [&](int64_t b0, int64_t b1) {
     linear_blocks(a, m, w, steps, b0, b1, n, bias_ptr, yp);
   });
   return y;

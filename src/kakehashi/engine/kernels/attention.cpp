@@ -195,13 +195,13 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t tasks = batch * kv_heads;
   int64_t longest = 0;
   for (int64_t b = 0; b < batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
-  const int64_t wanted = 4 * at::get_num_threads();
+  const int64_t wanted = 4 * parallel_threads();
   const int64_t most_chunks = std::max<int64_t>(1, longest / kMinChunkTokens);
   const int64_t chunks =
       tasks >= wanted ? 1 : std::min(most_chunks, (wanted + tasks - 1) / tasks);
   const int64_t items = tasks * chunks;
   std::vector<float> part_max(items * group), part_sum(items * group), part_out(items * group * d);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<bf16> packed_query(group * d);
     std::vector<int64_t> offsets;  // element offset of each context token's head row

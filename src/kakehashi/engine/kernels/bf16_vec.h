@@ -3,7 +3,8 @@
 
 #pragma once
 
-#include <ATen/Parallel.h>
+#include "parallel.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>

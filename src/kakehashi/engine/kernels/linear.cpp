@@ -82,7 +82,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
   bf16* yp = mutable_data(y);
   const int64_t x_stride = x.stride(0);
   // Grain: a few weight rows per task keeps both cores streaming on the smallest layers.
-  at::parallel_for(0, n_size / kRowBlock + 1, 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, n_size / kRowBlock + 1, 16, [&](int64_t begin, int64_t end) {
     const int64_t n_begin = begin * kRowBlock, n_end = std::min(end * kRowBlock, n_size);
     if (n_begin >= n_end) return;
     int64_t m = 0;

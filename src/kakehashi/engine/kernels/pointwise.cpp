@@ -4,6 +4,7 @@
 #include "bf16_vec.h"
 #include "ops.h"
 
+#include <cstring>
 #include <type_traits>
 
 namespace {
@@ -44,7 +45,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const bf16* xp = data(x);
   const bf16* wp = data(weight);
   bf16* yp = mutable_data(y);
-  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       rms_norm_row(xp + r * h, wp, yp + r * h, h, static_cast<float>(eps));
   });
@@ -64,7 +65,7 @@ at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& delta, const at:
   const bf16* dp = data(delta);
   const bf16* wp = data(weight);
   bf16* yp = mutable_data(y);
-  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t i = 0; i < h; i += 16) {
         const __m512 sum = _mm512_add_ps(load_bf16_as_float_masked(xp + r * h + i, h - i),
@@ -95,7 +96,7 @@ void rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signe
   bf16* xp = mutable_data(x);
   const bf16* cp = data(cos);
   const bf16* sp = data(signed_sin);
-  at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const bf16* c = cp + t * d;
       const bf16* s = sp + t * d;
@@ -130,7 +131,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   at::Tensor out = at::empty({tokens, width}, gate_up.options());
   const bf16* gp = data(gate_up);
   bf16* op = mutable_data(out);
-  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t t = begin; t < end; ++t) {
       const bf16* gate = gp + t * stride;
@@ -156,7 +157,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
 // NaN is never picked). x (N, V) float32 or bfloat16 with contiguous rows.
 template <typename T>
 void argmax_rows_of(const T* xp, int64_t rows, int64_t width, int64_t stride, int64_t* op) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     const __m512i lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t r = begin; r < end; ++r) {
@@ -204,6 +205,29 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   return out;
 }
 
+// The rows of `table` (V, H) bfloat16 named by `ids` (T,) int64: torch's embedding, on our
+// pool. torch's own lookup runs an OpenMP region for a prompt chunk, and OpenMP's threads
+// then spin for milliseconds on the cores our pool's loops want.
+at::Tensor embedding(const at::Tensor& table, const at::Tensor& ids) {
+  check_bf16(table, "table", 2);
+  TORCH_CHECK(table.stride(1) == 1, "table must have contiguous rows");
+  TORCH_CHECK(ids.device().is_cpu() && ids.dim() == 1 && ids.scalar_type() == at::kLong,
+              "ids must be a 1-D int64 CPU tensor");
+  const int64_t rows = table.size(0), h = table.size(1), n = ids.size(0);
+  const at::Tensor idx = ids.contiguous();
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < n; ++t)
+    TORCH_CHECK(ip[t] >= 0 && ip[t] < rows, "id ", ip[t], " is out of range for ", rows, " rows");
+  at::Tensor out = at::empty({n, h}, table.options());
+  const bf16* tp = data(table);
+  bf16* op = mutable_data(out);
+  parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      std::memcpy(op + t * h, tp + ip[t] * table.stride(0), h * sizeof(bf16));
+  });
+  return out;
+}
+
 }  // namespace kakehashi::cpu
 
 TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
@@ -212,6 +236,7 @@ TORCH_LIBRARY_FRAGMENT(kakehashi, m) {
   m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor signed_sin, int heads) -> ()");
   m.def("silu_mul(Tensor gate_up) -> Tensor");
   m.def("argmax_rows(Tensor x) -> Tensor");
+  m.def("embedding(Tensor table, Tensor ids) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
@@ -220,4 +245,5 @@ TORCH_LIBRARY_IMPL(kakehashi, CPU, m) {
   m.impl("rotary_", &kakehashi::cpu::rotary_);
   m.impl("silu_mul", &kakehashi::cpu::silu_mul);
   m.impl("argmax_rows", &kakehashi::cpu::argmax_rows);
+  m.impl("embedding", &kakehashi::cpu::embedding);
 }

@@ -341,7 +341,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
   const bf16* kp = data(k_cache);
   const bf16* vp = data(v_cache);
   const int64_t key_tiles = layout.padded_len / kRows, key_steps = layout.padded_len / kKeyStep;
-  at::parallel_for(0, kv_heads * key_tiles, 16, [&](int64_t begin, int64_t end) {
+  parallel_for(0, kv_heads * key_tiles, 16, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end;) {
       const int64_t head = task / key_tiles, t0 = task % key_tiles;
       const int64_t t1 = std::min(key_tiles, t0 + (end - task));
@@ -358,7 +358,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& k_cach
   bf16* op = mutable_data(out);
   const int64_t rows = n * group, row_tiles = (rows + kRows - 1) / kRows;
   const int64_t first_pos = context_len - n;
-  at::parallel_for(0, kv_heads * row_tiles, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, kv_heads * row_tiles, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();
     std::vector<bf16> q_rows(kRows * d);
     alignas(64) float s[kRows * kChunk];

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import torch
 
+from kakehashi.engine.kernels import Kernels
+
 
 @dataclass(frozen=True, slots=True)
 class PagedDecode:
@@ -84,4 +86,9 @@ class CausalLM(Protocol):
         Not widened to float32 here: greedy decoding takes the argmax of bfloat16 logits as
         they are, and the sampler widens only the rows that need it.
         """
+        ...
+
+    def use_kernels(self, kernels: Kernels, *, pack: bool) -> None:
+        """Run on ``kernels`` from now on; with ``pack``, keep packed copies of the weights
+        for multi-row matmuls where that pays. Called once by the runner, before any step."""
         ...

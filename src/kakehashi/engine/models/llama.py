@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kakehashi.engine import kernels
+from kakehashi.engine.kernels import TORCH_KERNELS, Kernels
 from kakehashi.engine.models.base import AttentionContext, ModelConfig, PagedDecode
 
 
@@ -37,18 +37,16 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype))
         self.eps = eps
-
-    # Set by LlamaForCausalLM.enable_cpu_kernels (here and on the other blocks below).
-    cpu_kernel: bool = False
+        self.kernels = TORCH_KERNELS  # set by LlamaForCausalLM.use_kernels, as below
 
     def add_and_norm(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """``x += delta`` in place, then ``self(x)``: one pass with the CPU kernels."""
-        if self.cpu_kernel:
+        if self.kernels.bf16:
             return torch.ops.kakehashi.add_rms_norm_(x, delta, self.weight, self.eps)
         return self(x.add_(delta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel:
+        if self.kernels.bf16:
             return torch.ops.kakehashi.rms_norm(x, self.weight, self.eps)
         # The fused kernel accumulates half-precision inputs in float32 and rounds once, which
         # is exactly Hugging Face's "upcast, normalize, cast back" (checked in the tests).
@@ -61,12 +59,22 @@ RotaryAngles = tuple[torch.Tensor, torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (the "rotate half" layout), with optional frequency scaling."""
+    """Rotary position embedding (the "rotate half" layout), with optional frequency scaling.
+
+    The angles of every position up to the largest one seen so far are kept in a table that
+    grows by doubling, so a step looks its positions up instead of computing them. Computing
+    them took two multithreaded MKL calls per step (for a handful of values), whose threads
+    then spun on the cores our CPU kernels' own pool was working on (decode at batch 8 lost a
+    fifth of its speed).
+    """
+
+    _MIN_TABLE = 256  # positions in the first table
 
     def __init__(self, head_dim: int, theta: float, scaling: dict | None) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
         self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self._table: RotaryAngles | None = None  # (P, D) cos and signed sin
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -75,13 +83,37 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device)
         inv_freq = 1.0 / (self.theta ** (exponents.float() / self.head_dim))  # (D/2,)
         self.inv_freq = _scale_inv_freq(inv_freq, self.scaling)
+        self._table = None
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RotaryAngles:
         """cos and signed sin for each position (float32, then cast), shape (T, 1, D)."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        if positions.numel() == 0:
+            empty = torch.empty(0, 1, self.head_dim, dtype=dtype, device=positions.device)
+            return empty, empty
+        cos, signed_sin = self._angles_up_to(int(positions.max()) + 1, dtype)
+        return cos.index_select(0, positions)[:, None], signed_sin.index_select(0, positions)[
+            :, None
+        ]
+
+    def _angles_up_to(self, count: int, dtype: torch.dtype) -> RotaryAngles:
+        """The table, grown if it has fewer than ``count`` positions or another dtype."""
+        table = self._table
+        device = self.inv_freq.device
+        if table is not None and (table[0].dtype, table[0].device) != (dtype, device):
+            table = None
+        if table is None or table[0].shape[0] < count:
+            size = max(self._MIN_TABLE, table[0].shape[0] * 2 if table is not None else 0)
+            while size < count:
+                size *= 2
+            table = self._compute(torch.arange(size, device=device), dtype)
+            self._table = table
+        return table
+
+    def _compute(self, positions: torch.Tensor, dtype: torch.dtype) -> RotaryAngles:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (P, D/2)
         cos, sin = freqs.cos(), freqs.sin()
-        cos = torch.cat((cos, cos), dim=-1)[:, None, :]  # (T, 1, D)
-        signed_sin = torch.cat((-sin, sin), dim=-1)[:, None, :]
+        cos = torch.cat((cos, cos), dim=-1)  # (P, D)
+        signed_sin = torch.cat((-sin, sin), dim=-1)
         return cos.to(dtype), signed_sin.to(dtype)
 
 
@@ -130,40 +162,70 @@ _PACK_BATCH_HINT = 32
 _KERNEL_MAX_ROWS_LINEAR = 3
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` for x (T, in), through the fastest CPU kernel for the shape.
+class Projection(nn.Module):
+    """``x @ weight.T + bias`` for x (T, in), through the fastest kernel for the shape.
 
-    With :mod:`~kakehashi.engine.kernels` on, one row goes through our matrix-vector kernel
-    and several through our AMX kernel where the CPU has AMX (slower for one row; for decode
-    batches faster than oneDNN, for prefill between oneDNN's prepacked and plain paths).
-    Otherwise a single token goes through torch's matrix-vector kernels, which stream the
-    weight faster than a one-row matmul; several rows go through oneDNN with the weight
-    prepacked by :meth:`LlamaForCausalLM.prepack_weights`, if it was.
+    It holds the packed copies of its weight that the kernels want (:meth:`prepare`). With
+    our kernels, one to three rows go through our matrix-vector kernel and several through
+    our AMX kernel where the CPU has AMX (for decode batches faster than oneDNN, for prompts
+    between oneDNN's prepacked and plain paths). Otherwise a single token goes through torch's
+    matrix-vector kernels, which stream the weight faster than a one-row matmul, and several
+    rows through oneDNN on its prepacked copy, if there is one.
     """
-    if x.device.type != "cpu":
-        return layer(x)
-    rows = x.shape[0]
-    amx_weight = getattr(layer, "amx_weight", None)
-    if amx_weight is not None and rows > 1:
-        return torch.ops.kakehashi.amx_linear(
-            x, amx_weight, layer.out_features, layer.in_features, layer.bias
-        )
-    if rows <= _KERNEL_MAX_ROWS_LINEAR and getattr(layer, "cpu_kernel", False):
-        return torch.ops.kakehashi.linear(x, layer.weight, layer.bias)
-    if x.shape[0] == 1:
-        if layer.bias is None:
-            return torch.mv(layer.weight, x[0])[None]
-        return torch.addmv(layer.bias, layer.weight, x[0])[None]
-    packed = getattr(layer, "packed_weight", None)
-    if packed is None:
-        return layer(x)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
+        self.kernels = TORCH_KERNELS
+        self.amx_weight: torch.Tensor | None = None  # for torch.ops.kakehashi.amx_linear
+        self.onednn_weight: torch.Tensor | None = None  # oneDNN-blocked, for several rows
+
+    def prepare(self, kernels: Kernels, *, pack: bool) -> None:
+        """Route through ``kernels``; with ``pack``, keep the one packed copy they want."""
+        self.kernels = kernels
+        self.amx_weight = self.onednn_weight = None
+        if not pack or self.weight.device.type != "cpu":
+            return
+        weight = self.weight.detach()
+        if kernels.amx:
+            self.amx_weight = torch.ops.kakehashi.amx_pack(weight)
+        elif _onednn_bf16(weight):
+            self.onednn_weight = torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_BATCH_HINT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        rows = x.shape[0]
+        if self.amx_weight is not None and rows > 1:
+            return torch.ops.kakehashi.amx_linear(
+                x, self.amx_weight, self.out_features, self.in_features, self.bias
+            )
+        if self.kernels.bf16 and rows <= _KERNEL_MAX_ROWS_LINEAR:
+            return torch.ops.kakehashi.linear(x, self.weight, self.bias)
+        if rows == 1:
+            if self.bias is None:
+                return torch.mv(self.weight, x[0])[None]
+            return torch.addmv(self.bias, self.weight, x[0])[None]
+        if self.onednn_weight is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.onednn_weight, self.bias, "none", [], "")
+
+
+def _onednn_bf16(weight: torch.Tensor) -> bool:
+    """Whether oneDNN multiplies this weight faster from a prepacked copy: bfloat16 on a CPU
+    with native bfloat16 support (about 1.3x faster batched decode)."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    )
 
 
 class Attention(nn.Module):
     """Fused q/k/v projection, rotary embedding, the context's attention, output projection."""
-
-    cpu_kernel: bool = False
 
     def __init__(
         self, config: ModelConfig, layer_index: int, *, o_bias: bool, dtype: torch.dtype
@@ -174,13 +236,14 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj = Projection(
             config.hidden_size,
             self.q_size + 2 * self.kv_size,
             bias=config.attention_bias,
             dtype=dtype,
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+        self.o_proj = Projection(self.q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+        self.kernels = TORCH_KERNELS
 
     def forward(
         self,
@@ -189,10 +252,10 @@ class Attention(nn.Module):
         ctx: AttentionContext,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = _linear(x, self.qkv_proj)  # (T, Hq*D + 2*Hkv*D)
+        qkv = self.qkv_proj(x)  # (T, Hq*D + 2*Hkv*D)
         rotated = self.num_heads + self.num_kv_heads
         # Queries and keys are rotated together, in one pass over their heads.
-        if self.cpu_kernel:
+        if self.kernels.bf16:
             heads = qkv.view(num_tokens, -1, self.head_dim)  # (T, Hq + 2*Hkv, D)
             torch.ops.kakehashi.rotary_(heads, *rope, rotated)
             qk = heads[:, :rotated]
@@ -202,30 +265,29 @@ class Attention(nn.Module):
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]  # (T, Hq, D), (T, Hkv, D)
         v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         out = ctx.attend(self.layer_index, q, k, v)  # (T, Hq, D)
-        return _linear(out.reshape(num_tokens, self.q_size), self.o_proj)  # (T, H)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))  # (T, H)
 
 
 class MLP(nn.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
 
-    cpu_kernel: bool = False
-
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(
+        self.gate_up_proj = Projection(
             config.hidden_size, 2 * config.intermediate_size, bias=False, dtype=dtype
         )
-        self.down_proj = nn.Linear(
+        self.down_proj = Projection(
             config.intermediate_size, config.hidden_size, bias=False, dtype=dtype
         )
+        self.kernels = TORCH_KERNELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = _linear(x, self.gate_up_proj)  # (T, 2I)
-        if self.cpu_kernel:
-            return _linear(torch.ops.kakehashi.silu_mul(gate_up), self.down_proj)
+        gate_up = self.gate_up_proj(x)  # (T, 2I)
+        if self.kernels.bf16:
+            return self.down_proj(torch.ops.kakehashi.silu_mul(gate_up))
         gate, up = gate_up.split(self.intermediate_size, dim=-1)  # (T, I) each
-        return _linear(F.silu(gate).mul_(up), self.down_proj)  # (T, H)
+        return self.down_proj(F.silu(gate).mul_(up))  # (T, H)
 
 
 class DecoderLayer(nn.Module):
@@ -286,7 +348,7 @@ class DecoderLayer(nn.Module):
             eps,
         )
 
-    # (layer index, norm eps, _decode_weights()), set once by enable_cpu_kernels: looking the
+    # (layer index, norm eps, _decode_weights()), set once by use_kernels: looking the
     # weights up through the submodules at every step cost about 1.5 ms per token.
     _decode_args: tuple[int, float, tuple[torch.Tensor | None, ...]]
 
@@ -299,22 +361,19 @@ class DecoderLayer(nn.Module):
         """The layer's weights in ``decode_layer_``'s order (None: no bias / no AMX copy)."""
         attn, mlp = self.self_attn, self.mlp
 
-        def amx(layer: nn.Linear) -> torch.Tensor | None:
-            return getattr(layer, "amx_weight", None)
-
         return (
             self.input_layernorm.weight,
             attn.qkv_proj.weight,
             attn.qkv_proj.bias,
-            amx(attn.qkv_proj),
+            attn.qkv_proj.amx_weight,
             attn.o_proj.weight,
             attn.o_proj.bias,
-            amx(attn.o_proj),
+            attn.o_proj.amx_weight,
             self.post_attention_layernorm.weight,
             mlp.gate_up_proj.weight,
-            amx(mlp.gate_up_proj),
+            mlp.gate_up_proj.amx_weight,
             mlp.down_proj.weight,
-            amx(mlp.down_proj),
+            mlp.down_proj.amx_weight,
         )
 
 
@@ -349,10 +408,6 @@ class LlamaForCausalLM(nn.Module):
 
     # Llama's `attention_bias` covers o_proj too; Qwen2 has biases on q/k/v only.
     o_proj_has_bias: ClassVar[bool] = True
-    # Set by enable_cpu_kernels: decode-only steps may run each layer as one kernel call,
-    # for batches whose projections our kernels handle well (AMX for several rows).
-    fused_decode: bool = False
-    fused_decode_max_rows: int = 0
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -364,9 +419,14 @@ class LlamaForCausalLM(nn.Module):
             DecoderLayer(config, i, o_bias=o_bias, dtype=dtype) for i in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = Projection(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # Set by use_kernels: decode-only steps may run each layer as one kernel call, for
+        # batches whose projections our kernels handle well (AMX for several rows).
+        self.kernels = TORCH_KERNELS
+        self.fused_decode = False
+        self.fused_decode_max_rows = 0
 
     @classmethod
     def from_weights(
@@ -389,67 +449,37 @@ class LlamaForCausalLM(nn.Module):
         model.requires_grad_(False)
         return model
 
-    def prepack_weights(self) -> bool:
-        """Keep a oneDNN-blocked copy of every projection for multi-token matmuls.
+    def use_kernels(self, kernels: Kernels, *, pack: bool) -> None:
+        """Run on ``kernels`` (see :func:`~kakehashi.engine.kernels.resolve_kernels`).
 
-        Pays off for bfloat16 on CPUs with native bfloat16 support (about 1.3x faster
-        batched decode); costs a second copy of those weights. Projections that already have
-        an AMX-packed copy (:meth:`enable_cpu_kernels`) are left alone. Returns whether it
-        packed.
+        With ``pack``, every projection keeps a second, packed copy of its weight for
+        multi-row matmuls: AMX-packed where ``kernels`` has AMX, oneDNN-blocked for bfloat16
+        on torch's path where oneDNN has native bfloat16. Called once, before the first step.
         """
-        weight = self.lm_head.weight
-        if not (
-            weight.device.type == "cpu"
-            and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        ):
-            return False
         for module in self.modules():
-            if isinstance(module, nn.Linear) and not hasattr(module, "amx_weight"):
-                packed = torch.ops.mkldnn._reorder_linear_weight(
-                    module.weight.detach(), _PACK_BATCH_HINT
-                )
-                module.register_buffer("packed_weight", packed, persistent=False)
-        return True
-
-    def enable_cpu_kernels(self, *, pack: bool = True) -> bool:
-        """Route decode-sized projections and norms through :mod:`kakehashi.engine.kernels`.
-
-        Only for bfloat16 weights on a CPU with AVX-512 BF16, once the kernels have built.
-        Where the CPU has AMX and ``pack`` allows a second copy of the weights, every
-        projection also gets an AMX-packed copy for decode batches and prefill, which replaces
-        oneDNN's prepacked one. Returns whether the kernels are on.
-        """
-        weight = self.lm_head.weight
-        if not (
-            weight.device.type == "cpu"
-            and weight.dtype == torch.bfloat16
-            and kernels.bf16_kernels_available()
-        ):
-            return False
-        amx = pack and kernels.amx_usable()
-        for module in self.modules():
-            if isinstance(module, nn.Linear | RMSNorm | Attention | MLP):
-                module.cpu_kernel = True
-            if amx and isinstance(module, nn.Linear):
-                packed = torch.ops.kakehashi.amx_pack(module.weight.detach())
-                module.register_buffer("amx_weight", packed, persistent=False)
-                if hasattr(module, "packed_weight"):  # one packed copy is enough
-                    del module.packed_weight
-        for layer in self.layers:
-            layer.prepare_decode_step()
-        self.fused_decode = True
+            if isinstance(module, Projection):
+                module.prepare(kernels, pack=pack)
+            elif isinstance(module, RMSNorm | Attention | MLP):
+                module.kernels = kernels
+        self.kernels = kernels
+        self.fused_decode = kernels.bf16
         # Without AMX, several rows would go through the matrix-vector kernel, which reads the
         # weight once per four rows: oneDNN (the unfused path) is faster there.
-        self.fused_decode_max_rows = sys.maxsize if amx else _KERNEL_MAX_ROWS_LINEAR
-        return True
+        self.fused_decode_max_rows = (
+            sys.maxsize if kernels.amx and pack else _KERNEL_MAX_ROWS_LINEAR
+        )
+        if kernels.bf16:
+            for layer in self.layers:
+                layer.prepare_decode_step()
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
     ) -> torch.Tensor:
         """input_ids, positions: (T,) → final-normed hidden states (T, H)."""
-        x = self.embed_tokens(input_ids)  # (T, H)
+        if self.kernels.bf16 and input_ids.device.type == "cpu":
+            x = torch.ops.kakehashi.embedding(self.embed_tokens.weight, input_ids)  # (T, H)
+        else:
+            x = self.embed_tokens(input_ids)
         rope = self.rotary(positions, x.dtype)  # shared by every layer
         pending = None
         decode = ctx.paged_decode if self.fused_decode else None
@@ -463,7 +493,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, H) → logits (N, V), in the model's dtype."""
-        return _linear(hidden, self.lm_head)
+        return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors into our (partly fused) parameters.
