@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,3 +385,143 @@ def test_batch_routes_refuse_bad_input(
     wait_for(client_a, done.id, "completed")
     error = _error(requests.post(f"{url}/{done.id}/cancel", headers=auth), 409)
     assert "completed" in error["message"]
+
+
+# --- kakehashi batch: the CLI against the same server -------------------------------------------
+
+
+def batch_cli(
+    server: ServerProcess, tmp: Path, *args: str, key: str = KEY_A
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAKEHASHI_")}
+    env.update(
+        KAKEHASHI_BASE_URL=server.base_url,
+        KAKEHASHI_API_KEY=key,
+        KAKEHASHI_DATA_DIR=str(tmp),
+        COLUMNS="200",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "kakehashi.cli.main", "batch", *args],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_cli_submit_waits_and_writes_the_output(
+    batch_server: ServerProcess, client_a: openai.OpenAI, tmp_path: Path
+) -> None:
+    # Bare request bodies without a model: -m fills it in, custom ids come from line numbers.
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 2}
+            )
+            + "\n"
+            for i in range(5)
+        )
+    )
+    out = tmp_path / "answers.jsonl"
+    result = batch_cli(
+        batch_server,
+        tmp_path,
+        "submit",
+        str(source),
+        "-m",
+        LLAMA_MODEL,
+        "--wait",
+        "-o",
+        str(out),
+        "--metadata",
+        "job=cli",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "5 done, 0 failed of 5" in result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == [f"line-{i}" for i in range(1, 6)]
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    batch_id = re.search(r"batch (batch_\w+) created", result.stderr)
+    assert batch_id is not None
+    assert client_a.batches.retrieve(batch_id[1]).metadata == {"job": "cli"}
+
+    listed = batch_cli(batch_server, tmp_path, "list", "--json", "--limit", "100")
+    assert listed.returncode == 0, listed.stderr
+    ids = [json.loads(line)["id"] for line in listed.stdout.splitlines()]
+    assert batch_id[1] in ids
+    status = batch_cli(batch_server, tmp_path, "status", batch_id[1])
+    assert status.returncode == 0, status.stderr
+    assert f"{batch_id[1]}  completed  5 done, 0 failed of 5" in status.stdout
+    assert "output_file_id: file-" in status.stdout
+
+
+def test_cli_submit_without_wait_then_cancel(
+    batch_server: ServerProcess, client_a: openai.OpenAI, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(batch_lines(1500, max_tokens=64))  # tens of seconds of work
+    created = batch_cli(batch_server, tmp_path, "submit", str(source))
+    assert created.returncode == 0, created.stderr
+    batch_id = created.stdout.strip()
+    assert batch_id.startswith("batch_")
+    cancelled = batch_cli(batch_server, tmp_path, "cancel", batch_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith(f"{batch_id}  cancel")
+    final = wait_for(client_a, batch_id, "cancelled")
+    assert final.request_counts is not None and final.request_counts.completed < 1500
+    again = batch_cli(batch_server, tmp_path, "cancel", batch_id)  # as OpenAI: idempotent
+    assert again.returncode == 0 and again.stdout.startswith(f"{batch_id}  cancelled")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("submit", "missing.jsonl"), 2, "no such file"),
+        (("submit", "{good}", "--metadata", "novalue"), 2, "expected KEY=VALUE"),
+        (("submit", "{good}", "-o", "x.jsonl"), 2, "only --wait writes the output"),
+        (("submit", "{good}", "--endpoint", "/v1/edits"), 1, "unsupported endpoint"),
+        (("submit", "{not_json}"), 1, ":2: not a JSON line"),
+        (("submit", "{no_model}"), 1, ":1: the request names no model; pass -m MODEL"),
+        (("submit", "{empty}"), 1, "no requests in the file"),
+        (("submit", "{good}", "--base-url", "http://127.0.0.1:9/v1"), 1, "Could not reach"),
+        (("status", "batch_nope"), 1, "batch_nope"),
+        (("cancel", "batch_nope"), 1, "batch_nope"),
+        (("list", "--limit", "0"), 2, "--limit"),
+    ],
+)
+def test_cli_bad_input(
+    batch_server: ServerProcess, tmp_path: Path, args: tuple[str, ...], code: int, message: str
+) -> None:
+    files = {
+        "good": batch_lines(1),
+        "not_json": batch_lines(1) + b"{oops\n",
+        "no_model": b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+        "empty": b"\n\n",
+    }
+    for name, content in files.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(content)
+    argv = [a.format(**{n: str(tmp_path / f"{n}.jsonl") for n in files}) for a in args]
+    result = batch_cli(batch_server, tmp_path, *argv)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert message in re.sub(r"\s+", " ", result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_another_key_cannot_see_the_batch(
+    batch_server: ServerProcess, client_a: openai.OpenAI, tmp_path: Path
+) -> None:
+    uploaded = client_a.files.create(file=("in.jsonl", batch_lines(1)), purpose="batch")
+    created = client_a.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    result = batch_cli(batch_server, tmp_path, "status", created.id, key=KEY_B)
+    assert result.returncode == 1
+    assert created.id in result.stderr and "Traceback" not in result.stderr
+    wait_for(client_a, created.id, "completed")
+    over = batch_cli(batch_server, tmp_path, "cancel", created.id)
+    assert over.returncode == 1 and "Traceback" not in over.stderr
+    assert "Cannot cancel a batch with status 'completed'" in over.stderr
+    wrong_key = batch_cli(batch_server, tmp_path, "list", key="sk-not-a-key")
+    assert wrong_key.returncode == 1 and "Incorrect API key" in wrong_key.stderr
