@@ -105,6 +105,14 @@ class ModelSpec(BaseModel):
     capabilities: tuple[Capability, ...] | None = None
     input_price: float | None = Field(default=None, ge=0, description="USD per 1M tokens")
     output_price: float | None = Field(default=None, ge=0, description="USD per 1M tokens")
+    batch_input_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M tokens in a batch (default: half input_price)"
+    )
+    batch_output_price: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per 1M tokens in a batch (default: half output_price)",
+    )
     deprecated_on: date | None = None
     shutdown_on: date | None = None
     replacement: str | None = None
@@ -367,6 +375,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Batch lines one server runs at once (default: twice max_num_seqs, so the "
         "engine's batch stays full).",
+    )
+    batch_max_batches: int = Field(
+        default=4,
+        ge=1,
+        description="Batches one server works at once; the others wait for it or are taken by "
+        "other replicas.",
     )
     batch_lease_seconds: float = Field(
         default=30.0,

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from platform_records import usage
 
 from kakehashi.platform.keys import KeyRepository, NewKey
-from kakehashi.platform.ledger import LedgerSink, ModelPrices, cost_usd
+from kakehashi.platform.ledger import LedgerSink, ModelPrices, batch_cost_usd, cost_usd
 from kakehashi.platform.storage import tables
 from kakehashi.platform.storage.db import Database
 from kakehashi.settings import DEFAULT_TIERS
@@ -42,6 +42,19 @@ def test_cost_from_catalog_prices() -> None:
     assert cost_usd(cached, no_cached_rate) == pytest.approx(1000 * 2 / 1e6)
     assert cost_usd(plain, None) == 0.0
     assert cost_usd(usage(0, cost_usd=1.25), prices) == 1.25  # an upstream's own figure wins
+
+
+def test_batch_lines_cost_half_unless_the_catalog_gives_batch_prices() -> None:
+    prices = PRICES["gpt-4"]
+    cached = usage(0, prompt_tokens=1000, cached_tokens=400, completion_tokens=500)
+    assert batch_cost_usd(cached, prices) == pytest.approx(cost_usd(cached, prices) / 2)
+    # The gateway's own figure is replaced by the catalog's batch price...
+    priced = usage(0, prompt_tokens=1000, completion_tokens=500, cost_usd=9.0)
+    own = ModelPrices(input=30.0, output=60.0, batch_input=10.0)
+    assert batch_cost_usd(priced, own) == pytest.approx((1000 * 10 + 500 * 30) / 1e6)
+    # ... and halved when the model has no prices in the catalog.
+    assert batch_cost_usd(priced, None) == pytest.approx(4.5)
+    assert batch_cost_usd(usage(0, prompt_tokens=10), None) == 0.0
 
 
 def test_records_are_queued_then_written_in_batches(database: Database) -> None:

@@ -15,11 +15,13 @@ from kakehashi.api import (
     completions,
     edits,
     embeddings,
+    files,
     health,
     models,
     tokenize,
 )
 from kakehashi.api import usage as organization_usage
+from kakehashi.api.batch_wiring import install_batches
 from kakehashi.api.deps import RequestIdMiddleware, request_context
 from kakehashi.api.disconnect import CancelOnDisconnectMiddleware
 from kakehashi.api.drain import Drain, DrainMiddleware
@@ -39,6 +41,7 @@ from kakehashi.gateway.lifecycle import Clock, fixed_clock, system_clock
 from kakehashi.gateway.routing import Router
 from kakehashi.gateway.service import GatewayService
 from kakehashi.gateway.usage import JsonlUsageSink, TeeUsageSink
+from kakehashi.platform.batches.usage import BatchUsageTap
 from kakehashi.platform.runtime import Platform
 from kakehashi.settings import Settings
 
@@ -98,14 +101,21 @@ def build_service(
     )
 
 
-def install_middleware(app: FastAPI, settings: Settings, key_store: KeyStore) -> None:
+def install_middleware(
+    app: FastAPI, settings: Settings, key_store: KeyStore, *, files_api: bool = False
+) -> None:
     """The middleware every request passes, outermost first: request ids and timing; the one
     handler of unexpected errors; CORS (only with ``cors_origins``); the drain; the ``Host``
-    check (only without API keys); the body size limit; cancelling requests whose client left
-    before their answer."""
+    check (only without API keys); the body size limit (except for uploads to the Files API,
+    with ``files_api``, which have their own); cancelling requests whose client left before
+    their answer."""
     # add_middleware puts each one outside those added before it.
     app.add_middleware(CancelOnDisconnectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_body_size))
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=int(settings.max_body_size),
+        exempt={files.UPLOAD_PATH} if files_api else (),
+    )
     app.add_middleware(
         HostGuardMiddleware,
         allowed=settings.allowed_hosts,
@@ -158,7 +168,8 @@ def create_app(
     ``platform`` (default: opened from the settings unless ``settings.platform`` is off) gives
     the gateway its seams: the key store, the limiter and the usage ledger. ``key_store``,
     ``limiter`` and ``usage`` replace its parts (without a platform: the settings' keys, no
-    limits, and the ``usage_log`` file if set, else memory).
+    limits, and the ``usage_log`` file if set, else memory). With a platform the app also serves
+    the Files and Batches APIs and runs batches through its own gateway.
     """
     if backends is None:
         backends = [backend] if backend is not None else default_backends(settings)
@@ -174,6 +185,9 @@ def create_app(
         limiter = limiter or platform.limiter
         usage = usage or platform.ledger
     key_store = key_store or settings_key_store(settings)
+    # With a platform, batch lines' records are taken aside to be billed with their results.
+    tap = BatchUsageTap(usage) if platform is not None and usage is not None else None
+    usage = tap or usage
     usage_log = JsonlUsageSink(settings.usage_log) if settings.usage_log else None
     if usage_log is not None:
         usage = TeeUsageSink([usage, usage_log]) if usage is not None else usage_log
@@ -188,7 +202,13 @@ def create_app(
         try:
             await service.start()
             try:
-                yield
+                if batches is not None:
+                    await batches.start()
+                try:
+                    yield
+                finally:
+                    if batches is not None:
+                        await batches.stop()
             finally:
                 await service.stop()
         finally:
@@ -220,13 +240,16 @@ def create_app(
         access.on_key_changed = platform.key_store.forget
     app.state.platform_access = access
     install_error_handlers(app)
-    install_middleware(app, settings, key_store)
+    install_middleware(app, settings, key_store, files_api=tap is not None)
     authenticated = [Depends(request_context)]
     # chat before completions: ".../engines/{engine:path}/completions" would also match
     # ".../engines/X/chat/completions" (with engine "X/chat").
     for module in (chat, completions, embeddings, edits, models, tokenize):
         app.include_router(module.router, dependencies=authenticated)
     app.include_router(health.router)
+    batches = None
+    if platform is not None and tap is not None:  # the Files and Batches APIs
+        batches = install_batches(app, platform, service, tap)
     for module in (admin, organization_usage):  # guarded by the admin key instead
         app.include_router(module.router)
     return app

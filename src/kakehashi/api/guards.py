@@ -29,14 +29,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 class BodyLimitMiddleware:
     """413 for a body over ``limit`` bytes: at once when ``Content-Length`` says so, else as
     soon as the bytes read pass it. Nothing over the limit is ever held in memory; the server
-    discards the rest of the body and keeps the connection."""
+    discards the rest of the body and keeps the connection. Paths in ``exempt`` (file uploads,
+    which stream to disk under a limit of their own) pass unchecked."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: Iterable[str] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")

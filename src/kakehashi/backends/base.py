@@ -95,12 +95,14 @@ class Call:
     carries the public id that responses echo. ``deadline`` is a ``time.monotonic()`` instant.
     Backends fill in ``dropped_params`` (parameters they left out on the route's say-so) and,
     as they learn them, ``prompt_tokens`` and ``completion_tokens`` (what a stream the client
-    abandons is charged).
+    abandons is charged). ``priority`` orders work on a local engine: lower first (interactive
+    requests 0, batch lines 1).
     """
 
     model: str
     deadline: float | None = None
     request_id: str = ""
+    priority: int = 0
     dropped_params: list[str] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int = 0

@@ -112,9 +112,15 @@ class FakeEngine:
         """The fake has no queue: every request is admitted."""
 
     async def generate(
-        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Iterable[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """Stream the echo; leaving early records ``request_id`` in :attr:`aborted`."""
+        """Stream the echo (in arrival order, whatever the ``priority``); leaving early records
+        ``request_id`` in :attr:`aborted`."""
         prompt = list(prompt_token_ids)
         if not prompt:
             raise ValueError("the prompt must contain at least one token")

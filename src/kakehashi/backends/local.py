@@ -175,7 +175,7 @@ class LocalBackend:
         choices = [Choice(run) for run in job.runs]
         tokens: list[list[ChatTokenLogprob]] = [[] for _ in choices]
         async with (
-            closing_all(await self._start(job)) as streams,
+            closing_all(await self._start(job, call)) as streams,
             contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
@@ -210,7 +210,7 @@ class LocalBackend:
 
         # Admitted before the first chunk: an overload is a 503, never a frame of a 200 stream.
         async with (
-            closing_all(await self._start(job)) as streams,
+            closing_all(await self._start(job, call)) as streams,
             contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             for run in job.runs:
@@ -265,7 +265,7 @@ class LocalBackend:
         job = await self._completion_job(request)
         choices = self._legacy_choices(request, job.runs)
         async with (
-            closing_all(await self._start(job)) as streams,
+            closing_all(await self._start(job, call)) as streams,
             contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
@@ -290,7 +290,7 @@ class LocalBackend:
         choices = self._legacy_choices(request, job.runs)
         header = self._header(job, request)
         async with (
-            closing_all(await self._start(job)) as streams,
+            closing_all(await self._start(job, call)) as streams,
             contextlib.aclosing(self._generate(job, streams, call)) as events,
         ):
             async for index, chunk in events:
@@ -355,15 +355,19 @@ class LocalBackend:
             "system_fingerprint": self.loaded.fingerprint,
         }
 
-    async def _start(self, job: Job) -> list[ChunkStream]:
-        """Admit every choice of ``job`` on the engine now, or none (503 when the running
-        slots and the queue are full); the caller closes the streams."""
+    async def _start(self, job: Job, call: Call) -> list[ChunkStream]:
+        """Admit every choice of ``job`` on the engine now at ``call``'s priority, or none
+        (503 when the running slots and the queue are full); the caller closes the streams."""
         engine = self.loaded.engine
         engine.check_admission(len(job.runs))
         streams: list[ChunkStream] = []
         try:
             for run in job.runs:
-                streams.append(engine.generate(run.request_id, run.prompt.ids, run.params))
+                streams.append(
+                    engine.generate(
+                        run.request_id, run.prompt.ids, run.params, priority=call.priority
+                    )
+                )
         except ValueError as exc:  # the engine refused the request
             await close_all(streams)
             raise InvalidRequestError(str(exc)) from exc

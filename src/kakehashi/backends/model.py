@@ -51,7 +51,12 @@ class EngineLike(Protocol):
     async def shutdown(self) -> None: ...
     def check_admission(self, count: int = 1) -> None: ...
     def generate(
-        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Iterable[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
     ) -> ChunkStream: ...
 
 

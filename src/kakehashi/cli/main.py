@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kakehashi.cli import chat, keys, migrate, models, serve, summarize, tiny, usage
+from kakehashi.cli import batch, chat, keys, migrate, models, serve, summarize, tiny, usage
 
 app = typer.Typer(
     name="kakehashi",
@@ -20,6 +20,7 @@ app.command("logs")(chat.logs_command)
 app.command("summarize")(summarize.summarize_command)
 app.command("migrate")(migrate.migrate_command)
 app.add_typer(keys.app, name="keys")
+app.add_typer(batch.app, name="batch")
 app.command("usage")(usage.usage_command)
 
 

@@ -93,7 +93,7 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cond = threading.Condition()
-        self._adds: list[tuple[str, list[int], SamplingParams]] = []
+        self._adds: list[tuple[str, list[int], SamplingParams, int]] = []
         self._aborts: list[str] = []
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
@@ -153,10 +153,15 @@ class AsyncEngine:
             self.engine.check_capacity(len(self._streams), count)
 
     def generate(
-        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Iterable[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
     ) -> Generation:
         """Admit one request now and return the stream of its chunks; the last has
-        ``finished=True``.
+        ``finished=True``. Lower ``priority`` runs first (see :mod:`kakehashi.engine.scheduler`).
 
         Raises at once ValueError for an impossible request, :class:`EngineOverloadedError`
         (503) when the running slots and the queue are full, and :class:`EngineError` if the
@@ -172,7 +177,7 @@ class AsyncEngine:
                 raise ValueError(f"request {request_id!r} is already running")
             self.engine.check_capacity(len(self._streams))
             self._streams[request_id] = stream
-            self._adds.append((request_id, ids, params))
+            self._adds.append((request_id, ids, params, priority))
             self._cond.notify_all()
         self.start()
         return Generation(self, request_id, stream.queue)
@@ -204,8 +209,8 @@ class AsyncEngine:
                     stopping = self._stopping
                     if stopping:
                         aborts.extend(self._streams)
-                for request_id, ids, params in adds:
-                    self._add(request_id, ids, params)
+                for request_id, ids, params, priority in adds:
+                    self._add(request_id, ids, params, priority)
                 for request_id in aborts:
                     self.engine.abort(request_id)
                 try:
@@ -218,9 +223,9 @@ class AsyncEngine:
             logger.exception("engine step failed")
             self._fail(EngineError(f"the engine failed: {exc}"))
 
-    def _add(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
+    def _add(self, request_id: str, ids: list[int], params: SamplingParams, priority: int) -> None:
         try:
-            self.engine.add_request(request_id, ids, params)
+            self.engine.add_request(request_id, ids, params, priority=priority)
         except (ValueError, EngineOverloadedError) as exc:
             with self._cond:
                 stream = self._streams.pop(request_id, None)

@@ -180,9 +180,15 @@ class LLMEngine:
             )
 
     def add_request(
-        self, request_id: str, prompt_token_ids: Iterable[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Iterable[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
     ) -> None:
-        """Queue a request; its chunks come out of later :meth:`step` calls."""
+        """Queue a request; its chunks come out of later :meth:`step` calls. Lower
+        ``priority`` runs first (interactive 0, batch lines 1)."""
         ids = list(prompt_token_ids)
         self.validate_request(ids, params)
         if request_id in self._sequences:
@@ -198,6 +204,7 @@ class LLMEngine:
             params,
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
             generator=generator,
+            priority=priority,
         )
         self._sequences[request_id] = seq
         self.scheduler.add(seq)

@@ -72,6 +72,8 @@ class CatalogEntry:
     context_window: int | None = None
     input_price: float | None = None
     output_price: float | None = None
+    batch_input_price: float | None = None  # None: half input_price
+    batch_output_price: float | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     tiers: frozenset[str] | None = None
     alias_of: str | None = None
@@ -207,6 +209,8 @@ class Catalog:
             context_window=_pick(spec, "context_window", start.context_window),
             input_price=_pick(spec, "input_price", start.input_price),
             output_price=_pick(spec, "output_price", start.output_price),
+            batch_input_price=_pick(spec, "batch_input_price", start.batch_input_price),
+            batch_output_price=_pick(spec, "batch_output_price", start.batch_output_price),
             lifecycle=Lifecycle(
                 deprecated_on=_pick(spec, "deprecated_on", old.deprecated_on),
                 shutdown_on=_pick(spec, "shutdown_on", old.shutdown_on),

@@ -419,7 +419,10 @@ class GatewayService:
     ) -> _Attempt:
         plan.attempts += 1
         call = Call(
-            model=deployment.model, deadline=plan.ctx.deadline, request_id=plan.ctx.request_id
+            model=deployment.model,
+            deadline=plan.ctx.deadline,
+            request_id=plan.ctx.request_id,
+            priority=int(plan.ctx.priority),
         )
         self.router.begin(deployment)
         return _Attempt(plan, entry, deployment, call, plan.attempts, streamed)

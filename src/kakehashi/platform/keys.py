@@ -23,7 +23,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from kakehashi.errors import InvalidRequestError, NotFoundError
-from kakehashi.gateway.context import Principal, key_hash
+from kakehashi.gateway.context import OPEN_ACCESS, Principal, key_hash
 from kakehashi.platform.storage import tables
 from kakehashi.platform.storage.db import Database
 from kakehashi.settings import KeySpec, Settings
@@ -421,6 +421,20 @@ class DatabaseKeyStore:
     def key(self, key_id: str) -> ApiKey | None:
         """The stored key ``key_id`` as last read (None for bootstrap keys or unseen ones)."""
         return self._by_id.get(key_id)
+
+    def is_active(self, key_id: str) -> bool:
+        """Whether ``key_id`` may still make requests: a settings key (or the open server's
+        anonymous caller) always; a stored key until it is revoked or expires, as the database
+        says now."""
+        if key_id == OPEN_ACCESS.key_id:
+            return True
+        if any(principal.key_id == key_id for principal in self._bootstrap.values()):
+            return True
+        try:
+            key = self.repo.get(key_id)
+        except NotFoundError:
+            return False
+        return key.status(self.clock()) == "active"
 
     def add_spend(self, spend: Mapping[str, float]) -> None:
         """Count spend just written to the ledger in the cached keys, until they are re-read."""

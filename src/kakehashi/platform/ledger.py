@@ -67,14 +67,23 @@ def cost_usd(usage: UsageRecord, prices: ModelPrices | None) -> float:
 
 
 def batch_cost_usd(usage: UsageRecord, prices: ModelPrices | None) -> float:
-    """What ``usage`` costs as a batch line: the catalog's batch prices where it has them, else
-    :data:`BATCH_DISCOUNT` of the normal cost (``usage.cost_usd`` if the gateway priced it)."""
-    if prices is not None and (prices.batch_input is not None or prices.batch_output is not None):
-        batch = ModelPrices(
-            input=prices.batch_input, output=prices.batch_output, cached_input=prices.batch_input
-        )
-        return cost_usd(replace(usage, cost_usd=None), batch)
-    return cost_usd(usage, prices) * BATCH_DISCOUNT
+    """What ``usage`` costs as a batch line: at the batch prices where ``prices`` give them,
+    else at :data:`BATCH_DISCOUNT` of the normal ones (of ``usage.cost_usd`` without prices)."""
+    if prices is None:
+        return (usage.cost_usd or 0.0) * BATCH_DISCOUNT
+
+    def discounted(batch: float | None, normal: float | None) -> float | None:
+        if batch is not None:
+            return batch
+        return None if normal is None else normal * BATCH_DISCOUNT
+
+    cached = prices.cached_input if prices.cached_input is not None else prices.input
+    batch = ModelPrices(
+        input=discounted(prices.batch_input, prices.input),
+        output=discounted(prices.batch_output, prices.output),
+        cached_input=discounted(prices.batch_input, cached),
+    )
+    return cost_usd(replace(usage, cost_usd=None), batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,3 +219,29 @@ def test_build_async_engine_from_a_model_directory(tiny_llama_dir):
     assert default.max_model_len == 4096  # the model's positions, under the 8192 cap
     with pytest.raises(ValueError):
         build_async_engine(tiny_llama_dir, max_model_len=10**6, threads=threads)
+
+
+def test_interactive_requests_finish_before_queued_batch_lines(parts):
+    model, tokenizer = parts
+    config = EngineConfig(max_model_len=512, num_kv_blocks=128, max_num_seqs=1)
+    engine = AsyncEngine(LLMEngine(model, tokenizer, config))
+    finished: list[str] = []
+
+    async def run(rid: str, priority: int) -> None:
+        ids = prompt(parts, len(finished))
+        async for chunk in engine.generate(rid, ids, PARAMS, priority=priority):
+            if chunk.finished:
+                finished.append(rid)
+
+    async def main():
+        engine.start()
+        # Three batch lines, then an interactive request, all queued before a step runs.
+        await asyncio.gather(*(run(f"batch-{i}", 1) for i in range(3)), run("interactive", 0))
+        await engine.shutdown()
+
+    asyncio.run(main())
+    assert finished[0] == "interactive" and sorted(finished[1:]) == [
+        "batch-0",
+        "batch-1",
+        "batch-2",
+    ]

@@ -37,6 +37,7 @@ from kakehashi.gateway.context import (
     Admission,
     MemoryUsageSink,
     Principal,
+    Priority,
     RequestContext,
 )
 from kakehashi.gateway.fallback import RetryPolicy
@@ -222,6 +223,17 @@ def test_retry_after_a_429_honours_retry_after_then_succeeds() -> None:
         (1, "error", "rate_limit_exceeded"),
         (2, "success", None),
     ]
+
+
+def test_a_batch_lines_priority_and_batch_id_reach_the_backend_and_the_ledger() -> None:
+    backend = ScriptedBackend(answering(), models=["m"])
+    sink = MemoryUsageSink()
+    service = service_of(backend, sink=sink)
+    line = RequestContext(OPEN_ACCESS, "line-1", priority=Priority.BATCH, batch_id="batch_1")
+    run(service.chat(chat_request(), line))
+    run(service.chat(chat_request(), ctx()))
+    assert [c.call.priority for c in backend.calls] == [1, 0]
+    assert [r.batch_id for r in sink.records] == ["batch_1", None]
 
 
 def test_a_bad_request_is_not_retried() -> None:
