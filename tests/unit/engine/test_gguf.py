@@ -91,8 +91,14 @@ def test_f32_file_holds_exactly_the_checkpoint(
     assert checkpoint.config.eos_token_ids == hf_config.eos_token_ids[:1]
 
 
-@pytest.mark.parametrize("kind", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_1])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    ("arch", "kind"),
+    [
+        *((arch, kind) for arch in ("llama", "qwen2") for kind in (Q.F32, Q.F16, Q.Q8_0, Q.Q4_1)),
+        ("llama", Q.BF16),
+        ("qwen2", Q.Q4_0),
+    ],
+)
 def test_logits_match_transformers_gguf_loader(
     model_dirs: dict[str, Path], tmp_path: Path, arch: str, kind: GGMLQuantizationType
 ) -> None:
@@ -108,6 +114,46 @@ def test_logits_match_transformers_gguf_loader(
     if kind != Q.F32:  # quantized: close to the original weights, not equal to them
         original = _logits(load_model(model_dirs[arch]), ids)
         assert not torch.equal(_logits(ours, ids), original)
+
+
+# The K-quants need rows of 256: a model of those widths, with a Q4_K_M-style mix (most 2-D
+# weights Q4_K, the output and some ffn_down/attn_v Q6_K) and an all-Q5_K file.
+K_MIXES = {
+    "Q4_K_M": (Q.Q4_K, {"output.weight": Q.Q6_K, "blk.0.ffn_down.weight": Q.Q6_K}),
+    "Q5_K": (Q.Q5_K, {}),
+    "Q6_K": (Q.Q6_K, {"blk.1.attn_v.weight": Q.Q4_K}),
+}
+
+
+@pytest.mark.parametrize(
+    ("arch", "mix"), [("llama", "Q4_K_M"), ("qwen2", "Q5_K"), ("llama", "Q6_K")]
+)
+def test_k_quants_match_transformers_gguf_loader(
+    tmp_path_factory: pytest.TempPathFactory, arch: str, mix: str
+) -> None:
+    model_dir = make_tiny_model(
+        tmp_path_factory.mktemp(f"k-{arch}"),
+        arch=arch,  # type: ignore[arg-type]
+        hidden_size=256,
+        intermediate_size=512,
+        vocab_size=512,
+    )
+    kind, overrides = K_MIXES[mix]
+    folder = tmp_path_factory.mktemp(f"k-{mix}")
+    path = write_gguf(model_dir, folder / f"{arch}-{mix}.gguf", kind, overrides=overrides)
+    counts = GGUFFile(path).tensor_type_counts()
+    assert set(counts) == {"F32", kind.name, *(t.name for t in overrides.values())}
+    ours = load_model(path, dtype=torch.float32)
+    theirs = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = _prompt(ours.config.vocab_size)
+    with torch.no_grad():
+        expected = theirs(ids[None]).logits[0]
+    torch.testing.assert_close(_logits(ours, ids), expected, atol=ATOL, rtol=0)
+    # Served as bf16, the K-quant weights dequantize to what gguf reads, rounded once.
+    model = load_model(open_checkpoint(path), dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_quantized_weights_dequantize_to_the_serving_dtype(
