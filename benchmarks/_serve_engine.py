@@ -49,7 +49,7 @@ async def start_engine(model_dir: Path, *, max_model_len: int, threads: int) -> 
 async def run_alone(
     engine: AsyncEngine, prompt: Sequence[int], params: SamplingParams
 ) -> EngineRun:
-    """Run one request on an idle engine, stamping each token as it reaches the event loop."""
+    """Run one request on the engine, stamping each token as it reaches the event loop."""
     start = time.perf_counter()
     stamps: list[float] = []
     tokens = 0
@@ -66,6 +66,70 @@ async def run_alone(
         decode_rate=(tokens - 1) / span if span > 0 else 0.0,
         total_seconds=stamps[-1] - start,
     )
+
+
+async def run_clients(
+    engine: AsyncEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, clients: int
+) -> dict[str, float]:
+    """The serve benchmark's load phase on the bare engine: ``clients`` concurrent callers,
+    each running its share of ``prompts`` one after another, as the HTTP clients do.
+
+    Returns the aggregate rate (all completion tokens over the phase's wall time, prefill
+    included, as the server's phase counts it) and the median per-request decode rate.
+    """
+    shares = [list(prompts[i::clients]) for i in range(clients)]
+
+    async def one_client(share: list[Sequence[int]]) -> list[EngineRun]:
+        return [await run_alone(engine, prompt, params) for prompt in share]
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_client(share) for share in shares))
+    wall = time.perf_counter() - start
+    runs = [r for share in results for r in share]
+    return {
+        "clients": clients,
+        "requests": len(runs),
+        "aggregate_tok_s": sum(r.completion_tokens for r in runs) / wall,
+        "request_decode_tok_s": percentile([r.decode_rate for r in runs], 50),
+        "wall_seconds": wall,
+    }
+
+
+async def decode_batch(
+    engine: AsyncEngine, prompts: Sequence[Sequence[int]], params: SamplingParams
+) -> dict[str, float]:
+    """The engine's own batch decode: every prompt added at once to the bare ``LLMEngine``,
+    stepped in a worker thread until all finish, as ``benchmarks/engine.py`` measures it.
+
+    Only while the :class:`AsyncEngine` is idle: its thread sleeps until it is handed a
+    request, so this thread has the engine to itself. Returns the decode rate (tokens after
+    every request's first, over the time after the last first token).
+    """
+
+    def run() -> dict[str, float]:
+        core = engine.engine
+        start = time.perf_counter()
+        for prompt in prompts:
+            core.add_request(f"serve-bench-{next(_ids)}", list(prompt), params)
+        started: set[str] = set()
+        first_done = 0.0
+        tokens = 0
+        while core.has_unfinished():
+            chunks = core.step()
+            if first_done:
+                tokens += sum(len(c.token_ids) for c in chunks)
+                continue
+            started.update(c.request_id for c in chunks if c.token_ids)
+            if len(started) == len(prompts):
+                first_done = time.perf_counter()
+        end = time.perf_counter()
+        return {
+            "batch": len(prompts),
+            "decode_tok_s": tokens / (end - first_done),
+            "prefill_seconds": first_done - start,
+        }
+
+    return await asyncio.to_thread(run)
 
 
 def summarize(runs: Sequence[EngineRun], plain_runs: Sequence[EngineRun]) -> dict[str, Any]:
