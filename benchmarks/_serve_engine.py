@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from _serve_client import REQUEST_TIMEOUT_S, percentile
 from kakehashi.engine.async_engine import AsyncEngine
 from kakehashi.engine.builder import build_async_engine
-from kakehashi.engine.params import SamplingParams
+from kakehashi.engine.params import GenerationChunk, SamplingParams
 
 _ids = itertools.count()
 
@@ -98,38 +98,33 @@ async def run_clients(
 async def decode_batch(
     engine: AsyncEngine, prompts: Sequence[Sequence[int]], params: SamplingParams
 ) -> dict[str, float]:
-    """The engine's own batch decode: every prompt added at once to the bare ``LLMEngine``,
-    stepped in a worker thread until all finish, as ``benchmarks/engine.py`` measures it.
+    """The engine's own batch decode: every prompt added at once, as ``benchmarks/engine.py``
+    measures it, the tokens counted as the engine thread hands them over.
 
-    Only while the :class:`AsyncEngine` is idle: its thread sleeps until it is handed a
-    request, so this thread has the engine to itself. Returns the decode rate (tokens after
-    every request's first, over the time after the last first token).
+    Returns the decode rate: the tokens stamped after the last request's first token, over
+    the time from then to the last token.
     """
+    stamps: list[list[tuple[float, int]]] = [[] for _ in prompts]
 
-    def run() -> dict[str, float]:
-        core = engine.engine
-        start = time.perf_counter()
-        for prompt in prompts:
-            core.add_request(f"serve-bench-{next(_ids)}", list(prompt), params)
-        started: set[str] = set()
-        first_done = 0.0
-        tokens = 0
-        while core.has_unfinished():
-            chunks = core.step()
-            if first_done:
-                tokens += sum(len(c.token_ids) for c in chunks)
-                continue
-            started.update(c.request_id for c in chunks if c.token_ids)
-            if len(started) == len(prompts):
-                first_done = time.perf_counter()
-        end = time.perf_counter()
-        return {
-            "batch": len(prompts),
-            "decode_tok_s": tokens / (end - first_done),
-            "prefill_seconds": first_done - start,
-        }
+    async def drain(i: int, generation: AsyncIterator[GenerationChunk]) -> None:
+        async for chunk in generation:
+            if chunk.token_ids:
+                stamps[i].append((time.perf_counter(), len(chunk.token_ids)))
 
-    return await asyncio.to_thread(run)
+    start = time.perf_counter()
+    generations = [
+        engine.generate(f"serve-bench-{next(_ids)}", list(prompt), params) for prompt in prompts
+    ]
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        await asyncio.gather(*(drain(i, g) for i, g in enumerate(generations)))
+    first_done = max(s[0][0] for s in stamps)
+    end = max(s[-1][0] for s in stamps)
+    tokens = sum(n for s in stamps for t, n in s if t > first_done)
+    return {
+        "batch": len(prompts),
+        "decode_tok_s": tokens / (end - first_done) if end > first_done else 0.0,
+        "prefill_seconds": first_done - start,
+    }
 
 
 def summarize(runs: Sequence[EngineRun], plain_runs: Sequence[EngineRun]) -> dict[str, Any]:

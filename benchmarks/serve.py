@@ -335,7 +335,7 @@ def print_report(shape: ModelShape, result: dict[str, Any]) -> None:
         )
     for b in result["engine_batches"]:
         print(
-            f"engine alone, batch {b['batch']} (all added at once, stepped in one thread):"
+            f"engine alone, batch {b['batch']} (all added at once, as benchmarks/engine.py does):"
             f" decode {b['decode_tok_s']:.1f} tok/s"
         )
     print()
