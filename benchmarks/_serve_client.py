@@ -25,7 +25,8 @@ class StreamTiming:
     """One streamed chat completion: when it was sent and when each content chunk arrived."""
 
     sent: float
-    token_times: list[float] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)  # one per content chunk
+    chunk_chars: list[int] = field(default_factory=list)  # the length of each chunk's text
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -39,14 +40,16 @@ class StreamTiming:
 
     @property
     def itls(self) -> list[float]:
-        """Gaps between consecutive content chunks (one chunk per token here)."""
+        """Gaps between consecutive content chunks (one per token, unless the server sent
+        several tokens in one chunk because this client was behind)."""
         return [b - a for a, b in itertools.pairwise(self.token_times)]
 
     @property
     def decode_rate(self) -> float:
-        """Tokens per second after the first one, as this client saw them arrive."""
+        """Tokens per second after the first chunk, as this client saw them arrive (one
+        character per token: the benchmark pins every output token to one character)."""
         span = self.token_times[-1] - self.token_times[0]
-        return (len(self.token_times) - 1) / span if span > 0 else 0.0
+        return (sum(self.chunk_chars) - self.chunk_chars[0]) / span if span > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ async def stream_chat(client: httpx.AsyncClient, request: ChatRequest) -> Stream
                 content = (choice.get("delta") or {}).get("content")
                 if content:
                     timing.token_times.append(now)
+                    timing.chunk_chars.append(len(content))
                     pieces.append(content)
             usage = event.get("usage")
             if usage:
@@ -134,6 +138,7 @@ class PhaseResult:
             "itl_p50_ms": 1000 * percentile(itls, 50),
             "itl_p99_ms": 1000 * percentile(itls, 99),
             "request_decode_tok_s": percentile([r.decode_rate for r in self.requests], 50),
+            "tokens_per_chunk": completion / sum(len(r.token_times) for r in self.requests),
             "aggregate_tok_s": completion / self.wall_seconds,
             "wall_seconds": self.wall_seconds,
         }

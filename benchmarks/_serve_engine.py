@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from _serve_client import REQUEST_TIMEOUT_S, percentile
 from kakehashi.engine.async_engine import AsyncEngine
 from kakehashi.engine.builder import build_async_engine
-from kakehashi.engine.params import SamplingParams
+from kakehashi.engine.params import GenerationChunk, SamplingParams
 
 _ids = itertools.count()
 
@@ -49,7 +49,7 @@ async def start_engine(model_dir: Path, *, max_model_len: int, threads: int) -> 
 async def run_alone(
     engine: AsyncEngine, prompt: Sequence[int], params: SamplingParams
 ) -> EngineRun:
-    """Run one request on an idle engine, stamping each token as it reaches the event loop."""
+    """Run one request on the engine, stamping each token as it reaches the event loop."""
     start = time.perf_counter()
     stamps: list[float] = []
     tokens = 0
@@ -66,6 +66,65 @@ async def run_alone(
         decode_rate=(tokens - 1) / span if span > 0 else 0.0,
         total_seconds=stamps[-1] - start,
     )
+
+
+async def run_clients(
+    engine: AsyncEngine, prompts: Sequence[Sequence[int]], params: SamplingParams, clients: int
+) -> dict[str, float]:
+    """The serve benchmark's load phase on the bare engine: ``clients`` concurrent callers,
+    each running its share of ``prompts`` one after another, as the HTTP clients do.
+
+    Returns the aggregate rate (all completion tokens over the phase's wall time, prefill
+    included, as the server's phase counts it) and the median per-request decode rate.
+    """
+    shares = [list(prompts[i::clients]) for i in range(clients)]
+
+    async def one_client(share: list[Sequence[int]]) -> list[EngineRun]:
+        return [await run_alone(engine, prompt, params) for prompt in share]
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_client(share) for share in shares))
+    wall = time.perf_counter() - start
+    runs = [r for share in results for r in share]
+    return {
+        "clients": clients,
+        "requests": len(runs),
+        "aggregate_tok_s": sum(r.completion_tokens for r in runs) / wall,
+        "request_decode_tok_s": percentile([r.decode_rate for r in runs], 50),
+        "wall_seconds": wall,
+    }
+
+
+async def decode_batch(
+    engine: AsyncEngine, prompts: Sequence[Sequence[int]], params: SamplingParams
+) -> dict[str, float]:
+    """The engine's own batch decode: every prompt added at once, as ``benchmarks/engine.py``
+    measures it, the tokens counted as the engine thread hands them over.
+
+    Returns the decode rate: the tokens stamped after the last request's first token, over
+    the time from then to the last token.
+    """
+    stamps: list[list[tuple[float, int]]] = [[] for _ in prompts]
+
+    async def drain(i: int, generation: AsyncIterator[GenerationChunk]) -> None:
+        async for chunk in generation:
+            if chunk.token_ids:
+                stamps[i].append((time.perf_counter(), len(chunk.token_ids)))
+
+    start = time.perf_counter()
+    generations = [
+        engine.generate(f"serve-bench-{next(_ids)}", list(prompt), params) for prompt in prompts
+    ]
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        await asyncio.gather(*(drain(i, g) for i, g in enumerate(generations)))
+    first_done = max(s[0][0] for s in stamps)
+    end = max(s[-1][0] for s in stamps)
+    tokens = sum(n for s in stamps for t, n in s if t > first_done)
+    return {
+        "batch": len(prompts),
+        "decode_tok_s": tokens / (end - first_done) if end > first_done else 0.0,
+        "prefill_seconds": first_done - start,
+    }
 
 
 def summarize(runs: Sequence[EngineRun], plain_runs: Sequence[EngineRun]) -> dict[str, Any]:

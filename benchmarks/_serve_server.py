@@ -46,12 +46,42 @@ class Server:
         """Peak resident set (``VmHWM``) of the server and any child processes, in MiB."""
         return sum(_vm_hwm_kib(pid) for pid in _process_tree(self.process.pid)) / 1024
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the server's main thread (its event loop) and by the whole
+        process (the engine's threads included), in seconds (zeros where ``/proc`` is not)."""
+        pid = self.process.pid
+        return _cpu_seconds(f"/proc/{pid}/task/{pid}/stat"), _cpu_seconds(f"/proc/{pid}/stat")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class CpuMeter:
+    """The server's CPU time over a stretch of the benchmark: its main thread (the event loop,
+    which runs the HTTP layer and SSE) and the whole process (the engine's threads too)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.used = (0.0, 0.0)  # (main thread, process) seconds of the last measured stretch
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        loop, process = self.server.cpu_seconds()
+        yield
+        loop_after, process_after = self.server.cpu_seconds()
+        self.used = (loop_after - loop, process_after - process)
+
+    def per_token(self, tokens: int) -> dict[str, float]:
+        """Microseconds of CPU per streamed token, as figures of a phase."""
+        loop, process = self.used
+        return {
+            "loop_cpu_us_per_token": 1e6 * loop / tokens,
+            "server_cpu_us_per_token": 1e6 * process / tokens,
+        }
 
 
 def free_port() -> int:
@@ -157,3 +187,13 @@ def _vm_hwm_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def _cpu_seconds(stat_path: str) -> float:
+    """``utime + stime`` of a ``/proc`` stat file, in seconds."""
+    try:
+        text = Path(stat_path).read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

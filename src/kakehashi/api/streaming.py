@@ -13,6 +13,7 @@ from kakehashi.api.errors import INTERNAL_ERROR_MESSAGE
 from kakehashi.errors import KakehashiError, ServerError
 from kakehashi.wire.errors import ErrorDetail, ErrorResponse
 from kakehashi.wire.sse import DONE, MEDIA_TYPE, encode_event
+from kakehashi.wire.stream_frames import StreamFrames
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,13 @@ async def event_stream(
         raise
 
     async def frames() -> AsyncIterator[bytes]:
+        encoder = StreamFrames()
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             try:
                 if first is not None:
-                    yield encode_event(first)
+                    yield encoder.frame(first)
                 async for chunk in chunks:
-                    yield encode_event(chunk)
+                    yield encoder.frame(chunk)
             except KakehashiError as exc:
                 # A shutdown aborts every stream at once; the drain logs that once, not here.
                 level = logging.DEBUG if exc.status_code == 503 else logging.WARNING

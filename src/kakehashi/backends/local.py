@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,10 @@ class LocalBackend:
         """Load the model (in a worker thread) and start the engine."""
         if self._model is None:
             model = await asyncio.to_thread(self._load)
+            # The model, tokenizer and template live as long as the server: keep the garbage
+            # collector's full passes (which the chunks of many streams trigger) off them.
+            gc.collect()
+            gc.freeze()
             model.engine.start()
             self._model = model
 

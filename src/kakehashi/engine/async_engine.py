@@ -1,8 +1,10 @@
 """The asyncio face of the engine: one background thread pumps ``LLMEngine.step()``.
 
 Requests and aborts from the event loop are queued and applied by the engine thread between
-steps, so the synchronous core never sees two threads. Each request's chunks travel back to its
-event loop through ``call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
+steps, so the synchronous core never sees two threads. A step's chunks travel back to their
+event loop in one ``call_soon_threadsafe`` hand-off (one wake-up of the loop per step, not one
+per stream), into a per-request inbox. A reader that fell behind gets everything its inbox
+holds as one chunk, so a slow client costs one frame per read rather than one per token.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,30 +33,65 @@ class EngineError(ServerError):
 __all__ = ["AsyncEngine", "EngineError", "EngineOverloadedError", "Generation"]
 
 
+Item = GenerationChunk | BaseException
+
+
+class _Inbox:
+    """One request's undelivered items, filled on its event loop's thread."""
+
+    def __init__(self) -> None:
+        self.items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, item: Item) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the inbox holds an item."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+def _hand_over(deliveries: list[tuple[_Inbox, Item]]) -> None:
+    for inbox, item in deliveries:
+        inbox.push(item)
+
+
 @dataclass(slots=True)
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[GenerationChunk | BaseException]
+    inbox: _Inbox
 
-    def put(self, item: GenerationChunk | BaseException) -> None:
-        # A RuntimeError means the consumer's loop is closed: nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def put(self, item: Item) -> None:
+        _send(self.loop, [(self.inbox, item)])
+
+
+def _send(loop: asyncio.AbstractEventLoop, deliveries: list[tuple[_Inbox, Item]]) -> None:
+    # A RuntimeError means the consumer's loop is closed: nobody is listening any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_hand_over, deliveries)
 
 
 class Generation:
     """The chunks of one admitted request, as an async iterator; closing it (or cancelling a
-    read) before the last chunk aborts the request."""
+    read) before the last chunk aborts the request.
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        request_id: str,
-        queue: asyncio.Queue[GenerationChunk | BaseException],
-    ) -> None:
+    A read returns everything that arrived since the previous one as one chunk
+    (:meth:`GenerationChunk.then`): one token per chunk while the reader keeps up, several
+    when it is behind.
+    """
+
+    def __init__(self, engine: AsyncEngine, request_id: str, inbox: _Inbox) -> None:
         self._engine = engine
         self._request_id = request_id
-        self._queue = queue
+        self._inbox = inbox
         self._done = False
 
     def __aiter__(self) -> Generation:
@@ -63,13 +101,17 @@ class Generation:
         if self._done:
             raise StopAsyncIteration
         try:
-            item = await self._queue.get()
+            await self._inbox.wait()
         except BaseException:
             self._abandon()
             raise
+        items = self._inbox.items
+        item = items.popleft()
         if isinstance(item, BaseException):
             self._done = True
             raise item
+        while items and not item.finished and isinstance(items[0], GenerationChunk):
+            item = item.then(items.popleft())  # type: ignore[arg-type]
         self._done = item.finished
         return item
 
@@ -170,7 +212,7 @@ class AsyncEngine:
         """
         ids = list(prompt_token_ids)
         self.engine.validate_request(ids, params)
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = _Stream(asyncio.get_running_loop(), _Inbox())
         with self._cond:
             self._check_usable()
             if request_id in self._streams:
@@ -180,7 +222,7 @@ class AsyncEngine:
             self._adds.append((request_id, ids, params, priority))
             self._cond.notify_all()
         self.start()
-        return Generation(self, request_id, stream.queue)
+        return Generation(self, request_id, stream.inbox)
 
     def abort(self, request_id: str) -> None:
         """Ask the engine to stop a request; its stream ends with an ABORT chunk."""
@@ -233,6 +275,8 @@ class AsyncEngine:
                 stream.put(exc)
 
     def _deliver(self, chunks: list[GenerationChunk]) -> None:
+        """Hand a step's chunks to their event loops, in one call per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Inbox, Item]]] = {}
         with self._cond:
             for chunk in chunks:
                 stream = self._streams.get(chunk.request_id)
@@ -240,7 +284,9 @@ class AsyncEngine:
                     continue
                 if chunk.finished:
                     del self._streams[chunk.request_id]
-                stream.put(chunk)
+                by_loop.setdefault(stream.loop, []).append((stream.inbox, chunk))
+        for loop, deliveries in by_loop.items():
+            _send(loop, deliveries)
 
     def _fail_requests(self, error: StepError) -> None:
         """Fail the requests of a failed step; the engine serves the others and new ones."""

@@ -71,3 +71,22 @@ class GenerationChunk:
     cached_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+    def then(self, later: GenerationChunk) -> GenerationChunk:
+        """One chunk for this one followed by ``later`` (of the same request): their text,
+        tokens and logprobs joined, the state (finished, counts) of ``later``."""
+        logprobs = self.logprobs
+        if later.logprobs is not None:
+            logprobs = later.logprobs if logprobs is None else logprobs + later.logprobs
+        return GenerationChunk(
+            request_id=self.request_id,
+            token_ids=self.token_ids + later.token_ids,
+            text=self.text + later.text,
+            finished=later.finished,
+            finish_reason=later.finish_reason,
+            prompt_tokens=later.prompt_tokens,
+            completion_tokens=later.completion_tokens,
+            cached_tokens=later.cached_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs or later.prompt_logprobs,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from kakehashi.errors import ContextLengthExceededError, InvalidRequestError
 from kakehashi.settings import Settings
 from kakehashi.wire.chat import ChatCompletionChunk, ChatCompletionRequest
 from kakehashi.wire.completions import CompletionRequest
+from kakehashi.wire.stream_frames import StreamFrames
 from support.openapi import validate
 
 T = TypeVar("T")
@@ -150,6 +152,45 @@ def test_stream_matches_whole_response(tiny: Runner) -> None:
     assert text == whole
     assert isinstance(end, StreamUsage) and end.usage.completion_tokens == 12
     assert (call.prompt_tokens, call.completion_tokens) == (end.usage.prompt_tokens, 12)
+
+
+def test_a_reader_that_falls_behind_gets_fewer_chunks_with_the_same_text_and_logprobs(
+    tiny: Runner,
+) -> None:
+    fields = {"temperature": 0, "max_tokens": 40, "logprobs": True, "top_logprobs": 3}
+    whole = tiny.chat(**fields).choices[0]
+    request = ChatCompletionRequest(model="tiny", messages=MESSAGES, stream=True, **fields)
+
+    async def read_slowly() -> list[Any]:
+        chunks = []
+        async for chunk in tiny.backend.stream_chat(request, Call("tiny")):
+            chunks.append(chunk)
+            if len(chunks) == 2:  # the role chunk and the first token's
+                await asyncio.sleep(0.5)  # the engine goes on meanwhile
+        return chunks
+
+    chunks = [c for c in tiny.run(read_slowly()) if isinstance(c, ChatCompletionChunk)]
+    frames = StreamFrames()
+    for chunk in chunks:
+        body = frames.frame(chunk).removeprefix(b"data: ")
+        validate("CreateChatCompletionStreamResponse", json.loads(body))
+    entries = [
+        e
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    per_chunk = [
+        len(c.choices[0].logprobs.content) for c in chunks if c.choices and c.choices[0].logprobs
+    ]
+    assert max(per_chunk) > 1  # tokens that piled up came as one chunk
+    assert len(chunks) < 40
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == whole.message.content
+    )
+    assert [e.model_dump() for e in entries] == [e.model_dump() for e in whole.logprobs.content]
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "length"
 
 
 def test_context_length(tiny: Runner) -> None:

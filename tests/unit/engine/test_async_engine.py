@@ -66,7 +66,8 @@ def test_sixteen_concurrent_requests_finish_together(parts):
     # Same tokens as one request alone.
     alone = AsyncEngine(make_engine(parts))
     single = asyncio.run(collect(alone, "solo", prompt(parts, 3), PARAMS))
-    assert [c.token_ids for c in single] == [c.token_ids for c in results[3]]
+    # (A reader that fell behind gets several tokens in one chunk: compare the tokens.)
+    assert [t for c in single for t in c.token_ids] == [t for c in results[3] for t in c.token_ids]
     asyncio.run(alone.shutdown())
     assert sync.num_free_blocks == sync.num_kv_blocks
 
@@ -165,7 +166,7 @@ def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(parts):
         return first, again, blocks_after_failure
 
     first, again, free = asyncio.run(main())
-    assert [c.token_ids for c in again] == [c.token_ids for c in first]
+    assert [t for c in again for t in c.token_ids] == [t for c in first for t in c.token_ids]
     assert again[-1].finish_reason is FinishReason.LENGTH
     assert free == idle_blocks  # the failed request's blocks came back
 
