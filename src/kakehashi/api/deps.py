@@ -27,8 +27,9 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-def get_service(request: Request) -> GatewayService:
-    """The app's gateway service (set up by ``create_app``)."""
+async def get_service(request: Request) -> GatewayService:
+    """The app's gateway service (set up by ``create_app``). A coroutine, so that FastAPI
+    calls it on the event loop instead of handing it to a worker thread on every request."""
     return request.app.state.service
 
 
