@@ -111,10 +111,14 @@ def measure(base_url: str, concurrency: int, stream: bool, seconds: float) -> Ce
 
 
 @contextlib.contextmanager
-def kakehashi_gateway(upstream_url: str, work: Path) -> Iterator[tuple[str, int]]:
-    """kakehashi with no model of its own, forwarding ``bench-*`` to the upstream."""
+def kakehashi_gateway(
+    upstream_url: str, work: Path, *, platform: bool = True
+) -> Iterator[tuple[str, int]]:
+    """kakehashi with no model of its own, forwarding ``bench-*`` to the upstream; with the
+    platform (SQLite key store, in-process limiter, usage ledger) unless ``platform`` is off."""
     config = work / "kakehashi.toml"
     config.write_text(
+        f"platform = {str(platform).lower()}\n"
         f'[[upstreams]]\nname = "fake"\nbase_url = "{upstream_url}/v1"\nmodels = ["bench-*"]\n'
     )
     port = free_port()
@@ -191,6 +195,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="Load per cell.")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--no-platform",
+        action="store_true",
+        help="kakehashi without keys in its database, limits and the usage ledger.",
+    )
     parser.add_argument("--soak", type=float, default=0.0, help="Seconds of soak for RSS.")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -202,7 +211,10 @@ def main() -> None:
         work = Path(tmp)
         systems: list[tuple[str, contextlib.AbstractContextManager[tuple[str, int]] | None]] = [
             ("upstream", None),
-            ("kakehashi", kakehashi_gateway(upstream.root_url, work)),
+            (
+                "kakehashi",
+                kakehashi_gateway(upstream.root_url, work, platform=not args.no_platform),
+            ),
         ]
         if not args.no_litellm:
             systems.append(("litellm", litellm_proxy(upstream.root_url, work)))
@@ -227,6 +239,7 @@ def main() -> None:
                     )
                     growth = samples[-1][1] - samples[1][1] if len(samples) > 2 else 0.0
                     print(f"RSS growth after the first 30 s: {growth:+.1f} MiB")
+    print(f"\nkakehashi ran with the platform {'off' if args.no_platform else 'on (SQLite)'}")
     report(results, levels, litellm=not args.no_litellm)
 
 

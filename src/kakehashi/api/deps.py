@@ -4,8 +4,8 @@ deadline), JSON bodies, request ids and timing."""
 from __future__ import annotations
 
 import math
+import secrets
 import time
-import uuid
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -82,7 +82,7 @@ async def request_context(request: Request) -> RequestContext:
     if required and found is None:
         raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
     principal = found or OPEN_ACCESS
-    request_id = getattr(request.state, "request_id", None) or f"req_{uuid.uuid4().hex}"
+    request_id = getattr(request.state, "request_id", None) or f"req_{secrets.token_hex(16)}"
     limit = get_settings(request).gateway.request_timeout
     return RequestContext(principal, request_id, deadline=_deadline(request, limit))
 
@@ -133,7 +133,7 @@ class RequestIdMiddleware:
         client_id = dict(scope.get("headers") or []).get(b"x-client-request-id")
         if client_id is not None and len(client_id) > MAX_CLIENT_REQUEST_ID:
             client_id = None
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_headers(message: Message) -> None:
