@@ -186,7 +186,11 @@ class UpstreamSpec(BaseModel):
     max_concurrency: int = Field(default=128, ge=1, description="Connections to the upstream.")
     rename: dict[str, str] = Field(default_factory=dict)
     drop_params: bool | tuple[str, ...] = ()
-    http2: bool = Field(default=True, description="Use HTTP/2 where the upstream offers it.")
+    http2: bool = Field(
+        default=True,
+        description="Negotiate HTTP/2 with an https upstream that offers it (through httpx); "
+        "false: HTTP/1.1 through aiohttp, lighter per request.",
+    )
 
 
 class GatewaySettings(BaseModel):

@@ -20,7 +20,13 @@ import pytest
 
 from e2e.common import API_KEY
 from support.contract import check_response, sdk_http_client
-from support.server import RunningProcess, ServerProcess, run_fake_upstream, run_server
+from support.server import (
+    RunningProcess,
+    ServerProcess,
+    free_port,
+    run_fake_upstream,
+    run_server,
+)
 
 PROVIDERS = ("gemini", "xai", "plamo", "lmstudio", "llama-server", "vllm", "ollama")
 
@@ -69,6 +75,15 @@ def _config(upstreams: dict[str, RunningProcess], usage_log: Path) -> str:
         f'base_url = "{base("errs")}"',
         'models = ["grok-*"]',
         'drop_params = ["stop"]',
+        "[[upstreams]]",
+        'name = "dead"',
+        f'base_url = "http://127.0.0.1:{free_port()}/v1"',
+        'models = ["dead-*"]',
+        "[[upstreams]]",
+        'name = "sleepy"',
+        f'base_url = "{base("errs")}"',
+        'models = ["sleepy-*"]',
+        "timeouts = { read = 0.4 }",
         "[[models]]",
         'id = "gpt-4"',
         'serves = "alpha-big"',
@@ -489,3 +504,19 @@ def test_embeddings_and_completions_go_upstream(
     assert done.choices[0].text.startswith("hello from alpha")
     streamed = sdk.completions.create(model="alpha-text", prompt="once", stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices).startswith("hello")
+
+
+def test_an_upstream_that_cannot_be_reached_or_does_not_answer_is_a_502_or_504(
+    gateway: ServerProcess, upstreams: dict[str, RunningProcess]
+) -> None:
+    dead = post(gateway, chat_body("dead-model"))
+    assert dead.status_code == 502, dead.text
+    error = check_response(dead).json["error"]
+    assert "Cannot reach the upstream `dead`" in error["message"]
+    assert dead.headers["x-should-retry"] == "true"
+    fault(upstreams["errs"], {"hang": 2, "times": 3})
+    sleepy = post(gateway, chat_body("sleepy-model", stream=True))
+    assert sleepy.status_code == 504, sleepy.text
+    error = check_response(sleepy).json["error"]
+    assert "The upstream `sleepy` did not answer in time" in error["message"]
+    assert stats(upstreams["errs"])["requests"] == 3  # tried, then retried twice

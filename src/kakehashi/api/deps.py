@@ -4,8 +4,8 @@ deadline), JSON bodies, request ids and timing."""
 from __future__ import annotations
 
 import math
+import secrets
 import time
-import uuid
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -27,14 +27,23 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-def get_service(request: Request) -> GatewayService:
-    """The app's gateway service (set up by ``create_app``)."""
+async def get_service(request: Request) -> GatewayService:
+    """The app's gateway service (set up by ``create_app``). A coroutine, so that FastAPI
+    calls it on the event loop instead of handing it to a worker thread on every request."""
     return request.app.state.service
 
 
 def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
+
+
+def service_of(request: Request) -> GatewayService:
+    """The app's gateway service, read straight from the app: the routes on the gateway's hot
+    path (chat, completions, embeddings) use this rather than :data:`ServiceDep`, since each
+    FastAPI dependency costs about 35 us a request to resolve."""
+    service: GatewayService = request.app.state.service
+    return service
 
 
 ServiceDep = Annotated[GatewayService, Depends(get_service)]
@@ -81,7 +90,7 @@ async def request_context(request: Request) -> RequestContext:
     if required and found is None:
         raise AuthenticationError(f"Incorrect API key provided: {mask_key(key)}.")
     principal = found or OPEN_ACCESS
-    request_id = getattr(request.state, "request_id", None) or f"req_{uuid.uuid4().hex}"
+    request_id = getattr(request.state, "request_id", None) or f"req_{secrets.token_hex(16)}"
     limit = get_settings(request).gateway.request_timeout
     return RequestContext(principal, request_id, deadline=_deadline(request, limit))
 
@@ -132,7 +141,7 @@ class RequestIdMiddleware:
         client_id = dict(scope.get("headers") or []).get(b"x-client-request-id")
         if client_id is not None and len(client_id) > MAX_CLIENT_REQUEST_ID:
             client_id = None
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_headers(message: Message) -> None:

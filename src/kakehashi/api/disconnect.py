@@ -1,9 +1,11 @@
-"""Stop working for clients that left: a request whose client disconnects before its response
-starts is cancelled, which aborts the generation behind it (a streamed response already stops
-when its client goes, by itself).
+"""Stop working for clients that left: a request whose client disconnects is cancelled, before
+its response starts or while it streams, which aborts the generation (or the upstream request)
+behind it.
 
 Without this a client that times out and retries, as the OpenAI SDKs do, leaves its first
 request generating to the end on the engine, so every retry adds load to an overloaded server.
+Streamed responses rely on it (:class:`~kakehashi.api.streaming.EventStreamResponse` runs no
+listener of its own).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class CancelOnDisconnectMiddleware:
     """Watches the connection once the request body is read; a disconnect before the response
-    starts cancels the handler. Later, the app's own reads see the disconnect as usual."""
+    is fully sent cancels the handler (the app's own reads see it as usual too). Once the
+    response is sent, the server's "disconnect" only says the exchange is over: nothing is
+    cancelled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -27,7 +31,7 @@ class CancelOnDisconnectMiddleware:
             return
         body_read = asyncio.Event()
         gone = asyncio.Event()
-        started = False
+        sent = False
 
         async def app_receive() -> Message:
             if body_read.is_set():  # from now on the watcher reads the connection
@@ -41,9 +45,9 @@ class CancelOnDisconnectMiddleware:
             return message
 
         async def app_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+            nonlocal sent
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent = True
             await send(message)
 
         handler = asyncio.current_task()
@@ -55,7 +59,7 @@ class CancelOnDisconnectMiddleware:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     gone.set()
-                    if not started:
+                    if not sent:
                         handler.cancel()
                     return
 
@@ -63,9 +67,9 @@ class CancelOnDisconnectMiddleware:
         try:
             await self.app(scope, app_receive, app_send)
         except asyncio.CancelledError:
-            if not gone.is_set() or started:
+            if not gone.is_set() or sent:
                 raise
-            # The client left before any answer: nothing to send, nobody to tell.
+            # The client left: nothing more to send, nobody to tell.
             handler.uncancel()
         finally:
             watcher.cancel()

@@ -117,7 +117,7 @@ class HostGuardMiddleware:
             return
         raw = _header(scope, b"host")
         host = raw.decode("latin-1") if raw is not None else None
-        if host is None or self.accepts(host) or not self.active():
+        if host is None or not self.active() or self.accepts(host):
             await self.app(scope, receive, send)
             return
         shown = host if len(host) <= 100 else host[:100] + "..."

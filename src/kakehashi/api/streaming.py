@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from kakehashi.api.errors import INTERNAL_ERROR_MESSAGE
 from kakehashi.errors import KakehashiError, ServerError
@@ -23,6 +24,15 @@ def _error_frame(error: KakehashiError) -> bytes:
         message=error.message, type=error.error_type, param=error.param, code=error.code
     )
     return encode_event(ErrorResponse(error=detail))
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response without a task of its own listening for the client to leave:
+    :class:`~kakehashi.api.disconnect.CancelOnDisconnectMiddleware` already cancels the request
+    when it does (starlette's listener cost about 0.1 ms a stream)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stream_response(send)
 
 
 async def event_stream(
@@ -63,7 +73,7 @@ async def event_stream(
                 return
         yield DONE
 
-    return StreamingResponse(
+    return EventStreamResponse(
         frames(),
         media_type=MEDIA_TYPE,
         headers={**(headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

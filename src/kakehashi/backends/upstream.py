@@ -1,7 +1,8 @@
 """Upstream backends: any OpenAI-compatible server over HTTP, one ``[[upstreams]]`` entry each.
 
-Each upstream has one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where an ``https``
-upstream offers it) and a provider :mod:`preset <kakehashi.backends.presets>` for its quirks.
+Each upstream has one pool of keep-alive connections (:mod:`~kakehashi.backends.upstream_http`:
+aiohttp's HTTP/1.1, or httpx where an ``https`` upstream may offer HTTP/2) and a provider
+:mod:`preset <kakehashi.backends.presets>` for its quirks.
 A request goes out as the client sent it, with the upstream's own model id, minus the
 parameters the route may drop (listed in :attr:`Call.dropped_params`); a parameter the provider
 cannot honour and the route may not drop is refused with a 400 naming it. Streams always ask
@@ -12,7 +13,6 @@ envelope by the preset; connection failures and timeouts become 502 and 504.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import logging
@@ -20,7 +20,6 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 from kakehashi.backends.base import (
@@ -32,6 +31,13 @@ from kakehashi.backends.base import (
     served_as,
 )
 from kakehashi.backends.presets import Preset, normalize, preset, read_problem
+from kakehashi.backends.upstream_http import (
+    Timeouts,
+    TransportFailure,
+    UpstreamHttp,
+    UpstreamResponse,
+    open_client,
+)
 from kakehashi.capabilities import EVERYTHING, Capability
 from kakehashi.errors import (
     BadGatewayError,
@@ -70,7 +76,6 @@ class UpstreamBackend:
         spec: UpstreamSpec,
         *,
         environ: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.spec = spec
         self.preset: Preset = preset(spec.provider)
@@ -87,8 +92,9 @@ class UpstreamBackend:
         self._exact = [m for m in spec.models if not _GLOB & set(m)]
         self._globs = [m for m in spec.models if _GLOB & set(m)]
         self._served = served_as(self._exact, owned_by=spec.name, capabilities=EVERYTHING)
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        limits = spec.timeouts
+        self._timeouts = Timeouts(limits.connect, limits.read, limits.write, limits.pool)
+        self._client: UpstreamHttp | None = None
 
     # -- identity and lifecycle ---------------------------------------------------------------
 
@@ -112,27 +118,14 @@ class UpstreamBackend:
         """Open the connection pool."""
         if self._client is not None:
             return
-        timeouts = self.spec.timeouts
         headers = {"User-Agent": "kakehashi"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        limits = httpx.Limits(
+        self._client = open_client(
+            self.base_url,
+            headers,
             max_connections=self.spec.max_concurrency,
-            max_keepalive_connections=self.spec.max_concurrency,
-            keepalive_expiry=30,
-        )
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.read,
-                write=timeouts.write,
-                pool=timeouts.pool,
-            ),
-            limits=limits,
-            http2=self.spec.http2 and self.base_url.startswith("https://"),
-            transport=self._transport,
+            http2=self.spec.http2,
         )
 
     async def stop(self) -> None:
@@ -142,7 +135,7 @@ class UpstreamBackend:
             await client.aclose()
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> UpstreamHttp:
         """The pool; 503 before :meth:`start`."""
         if self._client is None:
             raise ServiceUnavailableError(f"The upstream `{self.name}` is not connected yet.")
@@ -182,50 +175,50 @@ class UpstreamBackend:
     async def _post(self, capability: Capability, body: dict[str, Any], call: Call) -> Any:
         """POST ``body`` and return the decoded JSON of a successful answer."""
         try:
-            response = await self.client.post(
-                _ENDPOINTS[capability], json=body, timeout=self._timeout(call)
-            )
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise self.preset.error(
-                response.status_code, response.headers, response.content, self.name
-            )
+            async with self.client.post(
+                _ENDPOINTS[capability], _encode(body), self._timeouts_for(call)
+            ) as response:
+                status, headers, content = response.status, response.headers, await response.read()
+        except TransportFailure as failure:
+            raise self._transport_error(failure) from failure
+        if status >= 400:
+            raise self.preset.error(status, headers, content, self.name)
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
             raise BadGatewayError(
                 f"The upstream `{self.name}` answered with a body that is not JSON.",
                 upstream=self.name,
             ) from None
-        hidden = self.preset.body_error(response.status_code, data)
+        hidden = self.preset.body_error(status, data)
         if hidden is not None:
-            raise normalize(hidden, response.headers, self.name)
+            raise normalize(hidden, headers, self.name)
         return data
 
-    def _timeout(self, call: Call) -> httpx.Timeout | None:
-        """The pool's timeouts, the read one cut to the time the call has left."""
+    def _timeouts_for(self, call: Call) -> Timeouts:
+        """The upstream's timeouts, each wait cut to the time the call has left."""
         left = call.remaining()
+        limits = self._timeouts
         if left is None:
-            return None
-        timeouts = self.spec.timeouts
-        return httpx.Timeout(
-            connect=min(timeouts.connect, max(left, 0.001)),
-            read=min(timeouts.read, max(left, 0.001)),
-            write=timeouts.write,
-            pool=min(timeouts.pool, max(left, 0.001)),
+            return limits
+        left = max(left, 0.001)
+        return Timeouts(
+            connect=min(limits.connect, left),
+            read=min(limits.read, left),
+            write=limits.write,
+            pool=min(limits.pool, left),
         )
 
-    def _transport_error(self, exc: httpx.HTTPError) -> BadGatewayError | GatewayTimeoutError:
-        if isinstance(exc, httpx.TimeoutException):
-            kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
+    def _transport_error(self, failure: TransportFailure) -> BadGatewayError | GatewayTimeoutError:
+        if failure.kind in ("connect_timeout", "read_timeout"):
+            kind = "connect" if failure.kind == "connect_timeout" else "answer"
             return GatewayTimeoutError(
                 f"The upstream `{self.name}` did not {kind} in time.", upstream=self.name
             )
-        if isinstance(exc, httpx.ConnectError):
+        if failure.kind == "connect":
             return BadGatewayError(f"Cannot reach the upstream `{self.name}`.", upstream=self.name)
         return BadGatewayError(
-            f"The connection to the upstream `{self.name}` failed: {type(exc).__name__}.",
+            f"The connection to the upstream `{self.name}` failed: {failure.cause}.",
             upstream=self.name,
         )
 
@@ -292,28 +285,16 @@ class UpstreamBackend:
     ) -> AsyncGenerator[C | StreamUsage, None]:
         """The upstream's SSE frames as chunks, then the usage; closing this generator closes
         the connection, which cancels the upstream's work."""
-        request = self.client.build_request(
-            "POST", _ENDPOINTS[capability], json=body, timeout=self._timeout(call)
-        )
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
         usage: Usage | None = None
-        async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(response.aclose)
-            if response.status_code >= 400:
-                content = await _read(response)
-                raise self.preset.error(response.status_code, response.headers, content, self.name)
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                content = await _read(response)
-                problem = self.preset.body_error(200, _json_or_none(content))
-                raise normalize(problem or read_problem(502, content), response.headers, self.name)
-            try:
+        try:
+            async with self.client.post(
+                _ENDPOINTS[capability], _encode(body), self._timeouts_for(call)
+            ) as response:
+                await self._check_stream(response)
                 done = False
-                async for data in _sse_data(response.aiter_lines()):
+                async for data in _sse_data(response.chunks()):
                     # Read on past [DONE] to the end of the body, so the connection is reused.
-                    done = done or data == "[DONE]"
+                    done = done or data == b"[DONE]"
                     if done:
                         continue
                     chunk = self._chunk(shape, data)
@@ -327,28 +308,43 @@ class UpstreamBackend:
                         if usage is None:
                             call.completion_tokens += 1
                         yield chunk
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from exc
+        except TransportFailure as failure:
+            raise self._transport_error(failure) from failure
         if usage is None:
             usage = Usage.of(call.prompt_tokens or 0, call.completion_tokens)
         yield StreamUsage(usage)
 
-    def _chunk(self, shape: type[C], data: str) -> C:
+    async def _check_stream(self, response: UpstreamResponse) -> None:
+        """Raise the upstream's error unless ``response`` is an event stream."""
+        if response.status >= 400:
+            content = await _read(response)
+            raise self.preset.error(response.status, response.headers, content, self.name)
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            content = await _read(response)
+            problem = self.preset.body_error(200, _json_or_none(content))
+            raise normalize(problem or read_problem(502, content), response.headers, self.name)
+
+    def _chunk(self, shape: type[C], data: bytes) -> C:
         try:
             return shape.model_validate_json(data)
         except ValidationError:
-            problem = _json_or_none(data.encode())
+            problem = _json_or_none(data)
             if isinstance(problem, dict) and "error" in problem:  # an error frame
-                raise normalize(read_problem(500, data.encode()), {}, self.name) from None
+                raise normalize(read_problem(500, data), {}, self.name) from None
             raise BadGatewayError(
                 f"The upstream `{self.name}` sent a malformed stream chunk.", upstream=self.name
             ) from None
 
 
-async def _read(response: httpx.Response) -> bytes:
+def _encode(body: dict[str, Any]) -> bytes:
+    """``body`` as compact JSON (non-ASCII text as UTF-8, as the client sent it)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _read(response: UpstreamResponse) -> bytes:
     try:
-        return await response.aread()
-    except httpx.HTTPError:
+        return await response.read()
+    except TransportFailure:
         return b""
 
 
@@ -367,19 +363,26 @@ def _count(call: Call, usage: Any) -> None:
     call.completion_tokens = getattr(usage, "completion_tokens", 0)
 
 
-async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
-    parts: list[str] = []
-    async for line in lines:
-        if not line:
-            if parts:
-                yield "\n".join(parts)
-                parts = []
-            continue
-        if line.startswith("data:"):
-            parts.append(line[5:].removeprefix(" "))
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event in a body that arrives in ``chunks`` of any size
+    (multi-line data joined by newlines; lines end with LF or CRLF)."""
+    parts: list[bytes] = []
+    pending = b""
+    async for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if not line:
+                if parts:
+                    yield b"\n".join(parts)
+                    parts = []
+            elif line.startswith(b"data:"):
+                parts.append(line[5:].removeprefix(b" "))
+    if pending.startswith(b"data:"):
+        parts.append(pending.removesuffix(b"\r")[5:].removeprefix(b" "))
     if parts:
-        yield "\n".join(parts)
+        yield b"\n".join(parts)
 
 
 def upstream_backends(

@@ -9,6 +9,7 @@ upstream's ``tool_calls`` or ``service_tier``), which pass through unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import (
@@ -68,11 +69,20 @@ class WireModel(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_default_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        fields = type(self).model_fields
-        for name in fields.keys() - self.model_fields_set:
-            if data.get(name, 0) is None and KEEP_NULL not in fields[name].metadata:
+        fields_set = self.model_fields_set
+        for name in _omissible(type(self)):
+            if name not in fields_set and data.get(name, 0) is None:
                 del data[name]
         return data
+
+
+@functools.cache
+def _omissible(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` left out when ``None`` and not set: all but the KEEP_NULL ones
+    (worked out once per class: serializing a stream's chunks asks for it three times each)."""
+    return tuple(
+        name for name, field in model.model_fields.items() if KEEP_NULL not in field.metadata
+    )
 
 
 def forwarded(request: RequestModel) -> dict[str, Any]:
