@@ -1,7 +1,7 @@
 """The platform's own figures, each against a baseline measured in the same run.
 
-    python benchmarks/platform.py            # full run (~1 min)
-    python benchmarks/platform.py --quick    # smoke run
+    python benchmarks/platform_path.py            # full run (~1 min)
+    python benchmarks/platform_path.py --quick    # smoke run
 
 1. Ledger rows/s: the LedgerSink's batched writer draining N usage records, on SQLite (WAL)
    and on a private PostgreSQL with its durable defaults (fsync on), against writing the
@@ -19,17 +19,12 @@ Targets (issue 18): the ledger sustains >= 2,000 rows/s on SQLite and on Postgre
 limiter check takes <= 1 Redis round trip; the platform costs <= 0.5 ms p50 per request.
 """
 
-# ruff: noqa: E402  (sys.path is put right before the imports)
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# This file is named after what it measures, which shadows the standard library's `platform`
-# for every import below while its directory leads sys.path: take the directory off.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import argparse
 import asyncio
