@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -350,6 +351,7 @@ async def test_two_workers_share_batches_and_one_takes_over_from_a_dead_one(
         await _until(lambda: all(_status(store, i) is BatchStatus.COMPLETED for i in ids))
     finally:
         await survivor.stop()
+        await dying.stop()  # its store calls still running, if any, end before the pool goes
     assert len(_ledger(database)) == 40
     for batch_id in ids:
         assert len(_lines(store, store.get(batch_id).output_file_id)) == 10
@@ -378,3 +380,28 @@ async def test_lines_of_a_revoked_owner_fail_as_401(store: BatchStore) -> None:
     assert batch.request_counts.failed == len(refused) >= 10
     assert {x["response"]["status_code"] for x in refused} == {401}
     assert {x["response"]["body"]["error"]["code"] for x in refused} == {"invalid_api_key"}
+
+
+async def test_stop_waits_for_a_database_call_already_made(
+    database: Database, files: FileStore
+) -> None:
+    """A store call cannot be interrupted in its thread: stop() returns only once it is done,
+    so the pool is never disposed with a connection still checked out (psycopg would warn
+    "connection ... was deleted while still open" when that connection is collected)."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowClaims(BatchStore):
+        def claim(self, worker: str, **options: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return super().claim(worker, **options)
+
+    runner = _runner(SlowClaims(database, files), Gateway(BatchUsageTap(MemoryUsageSink())))
+    runner.start()
+    assert await asyncio.to_thread(entered.wait, 10)
+    stopping = asyncio.ensure_future(runner.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done()  # the claim is still running in its thread
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
