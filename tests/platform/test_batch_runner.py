@@ -23,10 +23,11 @@ from kakehashi.gateway.context import (
     RequestContext,
     UsageRecord,
 )
-from kakehashi.platform.batches.model import BatchStatus
+from kakehashi.platform.batches.model import BatchStatus, response_line
 from kakehashi.platform.batches.runner import BatchRunner, LineResponse, RunnerConfig
 from kakehashi.platform.batches.store import BatchStore, LeaseLost, LineResult
 from kakehashi.platform.batches.usage import BatchUsageTap
+from kakehashi.platform.batches.validate import InputReader
 from kakehashi.platform.files import FileStore
 from kakehashi.platform.ledger import PricedUsage
 from kakehashi.platform.storage import tables
@@ -286,8 +287,6 @@ def test_results_commit_once_and_only_under_the_lease(
     claimed = store.claim("w1", lease_seconds=30)
     assert claimed is not None and claimed.principal == OWNER
     assert store.claim("w2", lease_seconds=30) is None  # held
-    from kakehashi.platform.batches.validate import InputReader
-
     lines = InputReader(CHAT).read(store.files.read_content(claimed.batch.input_file_id))
     assert store.start(batch_id, "w1", lines, model="m", lease_seconds=30)
 
@@ -405,3 +404,41 @@ async def test_stop_waits_for_a_database_call_already_made(
     release.set()
     await asyncio.wait_for(stopping, 10)
     assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_batch_left_finalizing_is_completed_by_the_next_worker(
+    store: BatchStore, database: Database
+) -> None:
+    """A worker ran every line, marked the batch finalizing, and died before its files were
+    written: the next worker writes them and completes the batch, running no line again."""
+    batch_id = _create(store, _jsonl(5))
+    claimed = store.claim("dead", lease_seconds=30)
+    assert claimed is not None
+    lines = InputReader(CHAT).read(store.files.read_content(claimed.batch.input_file_id))
+    assert store.start(batch_id, "dead", lines, model="m", lease_seconds=30)
+    results = [
+        LineResult(
+            line.line_no,
+            json.dumps(response_line(batch_id, line.custom_id, 200, {"n": line.line_no})),
+            True,
+        )
+        for line in store.pending(batch_id)
+    ]
+    store.commit_results(batch_id, "dead", results, lease_seconds=30)
+    store.mark_finalizing(batch_id, "dead", lease_seconds=0.2)  # then it dies
+    left = store.get(batch_id).to_dict()
+    assert left["status"] == "finalizing" and left["finalizing_at"] is not None
+    assert "completed_at" not in left and "output_file_id" not in left
+    gateway = Gateway(BatchUsageTap(MemoryUsageSink()))
+    runner = _runner(store, gateway)
+    runner.start()
+    try:
+        await _until(lambda: _status(store, batch_id) is BatchStatus.COMPLETED)
+    finally:
+        await runner.stop()
+    assert gateway.calls == []
+    batch = store.get(batch_id)
+    assert batch.finalizing_at == left["finalizing_at"] and batch.completed_at is not None
+    output = _lines(store, batch.output_file_id)
+    assert sorted(x["custom_id"] for x in output) == [f"line-{i}" for i in range(5)]
+    assert batch.error_file_id is None
