@@ -5,6 +5,7 @@ expiry, and the lease between two workers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -442,3 +443,25 @@ async def test_a_batch_left_finalizing_is_completed_by_the_next_worker(
     output = _lines(store, batch.output_file_id)
     assert sorted(x["custom_id"] for x in output) == [f"line-{i}" for i in range(5)]
     assert batch.error_file_id is None
+
+
+async def test_a_store_call_failing_after_its_awaiter_left_leaves_no_loose_error(
+    store: BatchStore,
+) -> None:
+    """A heartbeat cancelled while its call runs on, then the call raises LeaseLost (the batch
+    was finished meanwhile): the error is seen, not reported as never retrieved."""
+    runner = _runner(store, Gateway(BatchUsageTap(MemoryUsageSink())))
+    release = threading.Event()
+
+    def lease_gone() -> None:
+        release.wait(10)
+        raise LeaseLost("batch_x")
+
+    waiter = asyncio.ensure_future(runner._blocking(lease_gone))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    release.set()
+    await runner.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gc.collect()

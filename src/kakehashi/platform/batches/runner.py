@@ -221,8 +221,15 @@ class BatchRunner:
         (a pooled connection checked out while the pool is disposed is never closed)."""
         future = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
         self._threads.add(future)
-        future.add_done_callback(self._threads.discard)
+        future.add_done_callback(self._call_done)
         return await asyncio.shield(future)
+
+    def _call_done(self, future: asyncio.Future[Any]) -> None:
+        self._threads.discard(future)
+        if not future.cancelled():
+            # Seen here, since a cancelled awaiter no longer sees it (shield drops its own
+            # callback then): a lease lost meanwhile is no "exception never retrieved".
+            future.exception()
 
     @property
     def active(self) -> list[str]:
