@@ -119,7 +119,7 @@ class RunnerConfig:
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 1.0
     poll_seconds: float = 1.0
-    commit_seconds: float = 0.5  # a crash runs at most this much finished work again
+    commit_seconds: float = 0.05
     commit_max: int = 256
     retry_max_seconds: float = 30.0
     max_retries: int = 20
