@@ -213,6 +213,26 @@ def test_another_key_sees_nothing(client_a: openai.OpenAI, client_b: openai.Open
     wait_for(client_a, created.id, "completed")
 
 
+def test_batches_list_newest_first_in_pages(client_b: openai.OpenAI) -> None:
+    uploaded = client_b.files.create(
+        file=("one.jsonl", batch_lines(1, model=LLAMA_ALIAS)), purpose="batch"
+    )
+    made = [
+        client_b.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    first = client_b.batches.list(limit=2)
+    assert [b.id for b in first.data] == [made[2], made[1]] and first.has_more
+    rest = client_b.batches.list(limit=2, after=made[1])
+    assert rest.data[0].id == made[0]
+    # The SDK's auto-pagination walks every page.
+    assert set(made) <= {b.id for b in client_b.batches.list(limit=1)}
+    for batch_id in made:
+        wait_for(client_b, batch_id, "completed")
+
+
 def test_cancel_mid_run_keeps_what_is_done(client_a: openai.OpenAI) -> None:
     uploaded = client_a.files.create(
         file=("long.jsonl", batch_lines(400, max_tokens=64)), purpose="batch"

@@ -5,7 +5,9 @@ expiry, and the lease between two workers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -22,10 +24,11 @@ from kakehashi.gateway.context import (
     RequestContext,
     UsageRecord,
 )
-from kakehashi.platform.batches.model import BatchStatus
+from kakehashi.platform.batches.model import BatchStatus, response_line
 from kakehashi.platform.batches.runner import BatchRunner, LineResponse, RunnerConfig
 from kakehashi.platform.batches.store import BatchStore, LeaseLost, LineResult
 from kakehashi.platform.batches.usage import BatchUsageTap
+from kakehashi.platform.batches.validate import InputReader
 from kakehashi.platform.files import FileStore
 from kakehashi.platform.ledger import PricedUsage
 from kakehashi.platform.storage import tables
@@ -285,8 +288,6 @@ def test_results_commit_once_and_only_under_the_lease(
     claimed = store.claim("w1", lease_seconds=30)
     assert claimed is not None and claimed.principal == OWNER
     assert store.claim("w2", lease_seconds=30) is None  # held
-    from kakehashi.platform.batches.validate import InputReader
-
     lines = InputReader(CHAT).read(store.files.read_content(claimed.batch.input_file_id))
     assert store.start(batch_id, "w1", lines, model="m", lease_seconds=30)
 
@@ -350,6 +351,7 @@ async def test_two_workers_share_batches_and_one_takes_over_from_a_dead_one(
         await _until(lambda: all(_status(store, i) is BatchStatus.COMPLETED for i in ids))
     finally:
         await survivor.stop()
+        await dying.stop()  # its store calls still running, if any, end before the pool goes
     assert len(_ledger(database)) == 40
     for batch_id in ids:
         assert len(_lines(store, store.get(batch_id).output_file_id)) == 10
@@ -378,3 +380,88 @@ async def test_lines_of_a_revoked_owner_fail_as_401(store: BatchStore) -> None:
     assert batch.request_counts.failed == len(refused) >= 10
     assert {x["response"]["status_code"] for x in refused} == {401}
     assert {x["response"]["body"]["error"]["code"] for x in refused} == {"invalid_api_key"}
+
+
+async def test_stop_waits_for_a_database_call_already_made(
+    database: Database, files: FileStore
+) -> None:
+    """A store call cannot be interrupted in its thread: stop() returns only once it is done,
+    so the pool is never disposed with a connection still checked out (psycopg would warn
+    "connection ... was deleted while still open" when that connection is collected)."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowClaims(BatchStore):
+        def claim(self, worker: str, **options: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return super().claim(worker, **options)
+
+    runner = _runner(SlowClaims(database, files), Gateway(BatchUsageTap(MemoryUsageSink())))
+    runner.start()
+    assert await asyncio.to_thread(entered.wait, 10)
+    stopping = asyncio.ensure_future(runner.stop())
+    await asyncio.sleep(0.3)
+    assert not stopping.done()  # the claim is still running in its thread
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_batch_left_finalizing_is_completed_by_the_next_worker(
+    store: BatchStore, database: Database
+) -> None:
+    """A worker ran every line, marked the batch finalizing, and died before its files were
+    written: the next worker writes them and completes the batch, running no line again."""
+    batch_id = _create(store, _jsonl(5))
+    claimed = store.claim("dead", lease_seconds=30)
+    assert claimed is not None
+    lines = InputReader(CHAT).read(store.files.read_content(claimed.batch.input_file_id))
+    assert store.start(batch_id, "dead", lines, model="m", lease_seconds=30)
+    results = [
+        LineResult(
+            line.line_no,
+            json.dumps(response_line(batch_id, line.custom_id, 200, {"n": line.line_no})),
+            True,
+        )
+        for line in store.pending(batch_id)
+    ]
+    store.commit_results(batch_id, "dead", results, lease_seconds=30)
+    store.mark_finalizing(batch_id, "dead", lease_seconds=0.2)  # then it dies
+    left = store.get(batch_id).to_dict()
+    assert left["status"] == "finalizing" and left["finalizing_at"] is not None
+    assert "completed_at" not in left and "output_file_id" not in left
+    gateway = Gateway(BatchUsageTap(MemoryUsageSink()))
+    runner = _runner(store, gateway)
+    runner.start()
+    try:
+        await _until(lambda: _status(store, batch_id) is BatchStatus.COMPLETED)
+    finally:
+        await runner.stop()
+    assert gateway.calls == []
+    batch = store.get(batch_id)
+    assert batch.finalizing_at == left["finalizing_at"] and batch.completed_at is not None
+    output = _lines(store, batch.output_file_id)
+    assert sorted(x["custom_id"] for x in output) == [f"line-{i}" for i in range(5)]
+    assert batch.error_file_id is None
+
+
+async def test_a_store_call_failing_after_its_awaiter_left_leaves_no_loose_error(
+    store: BatchStore,
+) -> None:
+    """A heartbeat cancelled while its call runs on, then the call raises LeaseLost (the batch
+    was finished meanwhile): the error is seen, not reported as never retrieved."""
+    runner = _runner(store, Gateway(BatchUsageTap(MemoryUsageSink())))
+    release = threading.Event()
+
+    def lease_gone() -> None:
+        release.wait(10)
+        raise LeaseLost("batch_x")
+
+    waiter = asyncio.ensure_future(runner._blocking(lease_gone))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    release.set()
+    await runner.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gc.collect()

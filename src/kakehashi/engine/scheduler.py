@@ -12,8 +12,17 @@ blocks usually survive, so recomputing is cheap).
 Sequences carry a priority (lower first: interactive requests before batch lines). Each step
 serves the classes in order: a class's running sequences, then its waiting ones, then the
 next class's. The waiting queue is kept in priority order, and a waiting sequence that finds
-no free slot or blocks preempts the newest running sequence of a lower class. So batch work
-fills whatever interactive traffic leaves, and gives way to it within one step.
+no free slot or blocks preempts the newest running sequence of a lower class. A step that
+prefills a higher class's prompt carries only decodes of the lower classes: their prefills
+(new ones and chunks under way) wait a step, so a batch's prompts do not lengthen the step that
+brings an interactive request its first token. And while interactive requests are about (one
+ran or waited within the last :data:`INTERACTIVE_MEMORY_STEPS` steps), the classes below it
+(priority > 0) prefill at most a quarter of the step budget per step (``background_prefill``):
+a wave of batch lines admitted together would otherwise fill whole steps of
+``max_num_batched_tokens``, and an interactive request arriving during one waits for all of
+it. Without interactive traffic, batch work has the whole budget (big prefill steps are the
+cheapest per token). So batch work fills whatever interactive traffic leaves, and gives way to
+it within one short step.
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from dataclasses import dataclass, field
 
 from kakehashi.engine.block_manager import BlockManager
 from kakehashi.engine.sequence import Sequence, SequenceStatus
+
+INTERACTIVE_MEMORY_STEPS = 8
+"""Steps after the last interactive (priority 0) sequence during which batch prefill stays
+short: an interactive client's next request usually follows within a few steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,8 @@ class Scheduler:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.background_prefill = max(1, max_num_batched_tokens // 4)
+        self._steps_since_interactive = INTERACTIVE_MEMORY_STEPS
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0  # since start, for metrics and tests
@@ -103,13 +118,22 @@ class Scheduler:
         queue = deque(sorted(self.running, key=_priority))
         scheduled: list[Sequence] = []
         admitted: list[Sequence] = []
-        short_of_blocks = False
+        held: list[Sequence] = []  # lower-class prefills that sit this step out
+        short_of_blocks = prefill_above = False
+        background = self._background_allowance()  # prefill tokens left for priority > 0
         levels = sorted({s.priority for s in self.running} | {s.priority for s in self.waiting})
         for level in levels:
-            # 1. This class's running sequences.
+            prefills = False
+            # 1. This class's running sequences (only its decodes, if a higher class prefills).
             while queue and queue[0].priority == level and budget > 0:
                 seq = queue.popleft()
-                n = self.chunk_size(seq.num_uncomputed_tokens, budget)
+                if seq.num_uncomputed_tokens > 1 and (
+                    prefill_above
+                    or (seq.priority > 0 and background is not None and background <= 0)
+                ):
+                    held.append(seq)
+                    continue
+                n = self._tokens_for(seq, budget, background)
                 while not bm.can_append(seq, seq.num_computed_tokens + n):
                     victim = queue.pop() if queue else seq
                     self._preempt(victim)
@@ -122,13 +146,19 @@ class Scheduler:
                     out.scheduled.append(ScheduledSequence.of(seq, n))
                     scheduled.append(seq)
                     budget -= n
-            # 2. This class's waiting sequences, unless running ones just ran out of blocks;
-            # lower classes give up their slots and blocks to them.
-            while not short_of_blocks and budget > 0 and self.waiting:
+                    if n > 1:
+                        prefills = True
+                        background = _less(background, n if seq.priority > 0 else 0)
+            # 2. This class's waiting sequences, unless running ones just ran out of blocks or
+            # a higher class prefills; lower classes give up their slots and blocks to them.
+            while not (short_of_blocks or prefill_above) and budget > 0 and self.waiting:
                 seq = self.waiting[0]
                 if seq.priority != level or bm.prefix_in_flight(seq):
                     break
-                full = len(scheduled) + len(queue) + len(admitted) >= self.max_num_seqs
+                if seq.priority > 0 and background is not None and background <= 0:
+                    break
+                running = len(scheduled) + len(queue) + len(held) + len(admitted)
+                full = running >= self.max_num_seqs
                 if full or not bm.can_allocate(seq):
                     if queue and queue[-1].priority > level:
                         victim = queue.pop()
@@ -141,13 +171,35 @@ class Scheduler:
                 if seq.num_cached_tokens is None:
                     seq.num_cached_tokens = cached
                 seq.status = SequenceStatus.RUNNING
-                n = self.chunk_size(seq.num_uncomputed_tokens, budget)
+                n = self._tokens_for(seq, budget, background)
                 out.scheduled.append(ScheduledSequence.of(seq, n))
                 admitted.append(seq)
                 budget -= n
-        # Out of budget: the rest keep their state and go first next step.
-        self.running = [*scheduled, *queue, *admitted]
+                background = _less(background, n if seq.priority > 0 else 0)
+                prefills = True
+            prefill_above = prefill_above or prefills
+        # Out of budget (or held): the rest keep their state and go first next step.
+        self.running = [*scheduled, *queue, *held, *admitted]
         return out
+
+    def _background_allowance(self) -> int | None:
+        """Prefill tokens the classes below interactive may take this step (None: no limit
+        but the step's)."""
+        if any(s.priority == 0 for s in (*self.running, *self.waiting)):
+            self._steps_since_interactive = 0
+        else:
+            self._steps_since_interactive += 1
+        if self._steps_since_interactive <= INTERACTIVE_MEMORY_STEPS:
+            return self.background_prefill
+        return None
+
+    def _tokens_for(self, seq: Sequence, budget: int, background: int | None) -> int:
+        """Tokens ``seq`` feeds this step: a background prefill stays within what is left of
+        ``background_prefill``, any other chunk is :meth:`chunk_size`."""
+        remaining = seq.num_uncomputed_tokens
+        if seq.priority > 0 and remaining > 1 and background is not None:
+            return max(1, min(remaining, budget, background))
+        return self.chunk_size(remaining, budget)
 
     def chunk_size(self, remaining: int, budget: int) -> int:
         """Tokens a sequence with ``remaining`` uncomputed ones feeds when ``budget`` is left.
@@ -190,6 +242,10 @@ class Scheduler:
                 seq.status = SequenceStatus.FINISHED
                 return seq
         return None
+
+
+def _less(allowance: int | None, used: int) -> int | None:
+    return None if allowance is None else allowance - used
 
 
 def _priority(seq: Sequence) -> int:

@@ -217,13 +217,43 @@ def test_an_interactive_request_takes_a_batch_lines_blocks():
 
 
 def test_interactive_work_is_budgeted_before_batch_prefills():
-    sched = make_scheduler(budget=8)
+    sched = make_scheduler(budget=16)
     add_batch(sched, "x", 40)  # a long batch prompt, prefilled in chunks
     run_step(sched)
     add(sched, "a", 6)
-    # The interactive prompt goes first; the batch prefill takes what is left.
-    assert plan(run_step(sched)) == [("a", 0, 6), ("x", 8, 2)]
-    assert plan(run_step(sched)) == [("a", 6, 1), ("x", 10, 7)]
+    # The interactive prompt's step carries no batch prefill; after it, the batch prefill
+    # goes on beside the interactive decode, in a quarter of the step.
+    assert plan(run_step(sched)) == [("a", 0, 6)]
+    assert plan(run_step(sched)) == [("a", 6, 1), ("x", 16, 4)]
+
+
+def test_a_step_that_prefills_an_interactive_prompt_keeps_batch_decodes_only():
+    sched = make_scheduler(budget=32)
+    add_batch(sched, "x", 4)
+    add_batch(sched, "y", 40)
+    assert plan(run_step(sched)) == [("x", 0, 4), ("y", 0, 28)]
+    add_batch(sched, "z", 4)
+    add(sched, "a", 6)
+    # x decodes; y's next chunk and z's admission wait for the next step.
+    assert plan(run_step(sched)) == [("a", 0, 6), ("x", 4, 1)]
+    assert [s.request_id for s in sched.waiting] == ["z"]
+    assert plan(run_step(sched)) == [("a", 6, 1), ("x", 5, 1), ("y", 28, 8)]
+    assert [s.request_id for s in sched.waiting] == ["z"]  # y took the batch's share
+
+
+def test_batch_prefill_takes_a_quarter_of_a_step_while_interactive_requests_are_about():
+    sched = make_scheduler(budget=16)  # 4 batch prefill tokens a step
+    add(sched, "a", 2)
+    for name in ("x", "y", "z"):
+        add_batch(sched, name, 3)
+    assert plan(run_step(sched)) == [("a", 0, 2)]
+    assert plan(run_step(sched)) == [("a", 2, 1), ("x", 0, 3), ("y", 0, 1)]
+    assert plan(run_step(sched)) == [("a", 3, 1), ("x", 3, 1), ("y", 1, 2), ("z", 0, 2)]
+    # Without interactive traffic, batch prompts have the whole step.
+    alone = make_scheduler(budget=16)
+    for name in ("x", "y", "z"):
+        add_batch(alone, name, 3)
+    assert plan(run_step(alone)) == [("x", 0, 3), ("y", 0, 3), ("z", 0, 3)]
 
 
 def test_batch_lines_never_preempt_each_other_for_admission():

@@ -28,7 +28,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from kakehashi.gateway.context import Principal, Priority, RequestContext, UsageRecord
 from kakehashi.platform.batches.model import (
@@ -52,6 +52,9 @@ from kakehashi.platform.batches.validate import InputReader
 from kakehashi.platform.ledger import PricedUsage
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,7 @@ class BatchRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: set[asyncio.Future[Any]] = set()
         self.lines_run = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -207,6 +211,25 @@ class BatchRunner:
             job.stop.set()
         if jobs:
             await asyncio.wait([task for _job, task in jobs], timeout=timeout)
+        if self._threads:  # calls whose awaiting task was cancelled: the database stays theirs
+            await asyncio.wait(list(self._threads), timeout=timeout)
+
+    async def _blocking(self, call: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``call`` (a store call, which blocks) in a worker thread. Cancelling the awaiting
+        task cannot stop the thread, so the call is shielded and tracked until it returns:
+        :meth:`stop` waits for it, and nothing uses the database once the runner has stopped
+        (a pooled connection checked out while the pool is disposed is never closed)."""
+        future = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
+        self._threads.add(future)
+        future.add_done_callback(self._call_done)
+        return await asyncio.shield(future)
+
+    def _call_done(self, future: asyncio.Future[Any]) -> None:
+        self._threads.discard(future)
+        if not future.cancelled():
+            # Seen here, since a cancelled awaiter no longer sees it (shield drops its own
+            # callback then): a lease lost meanwhile is no "exception never retrieved".
+            future.exception()
 
     @property
     def active(self) -> list[str]:
@@ -221,7 +244,7 @@ class BatchRunner:
             claimed: Claimed | None = None
             if len(self._jobs) < config.max_batches:
                 try:
-                    claimed = await asyncio.to_thread(
+                    claimed = await self._blocking(
                         self.store.claim,
                         self.worker_id,
                         lease_seconds=config.lease_seconds,
@@ -244,7 +267,7 @@ class BatchRunner:
         batch_id = job.batch.id
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job))
         try:
-            job.owner_revoked = not await asyncio.to_thread(self.owner_active, job.principal)
+            job.owner_revoked = not await self._blocking(self.owner_active, job.principal)
             status = job.batch.status
             if status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS) and self._expired(job):
                 job.expired = True
@@ -273,7 +296,7 @@ class BatchRunner:
                 await heartbeat
             if not job.lost:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.release, batch_id, self.worker_id)
+                    await self._blocking(self.store.release, batch_id, self.worker_id)
             self._jobs.pop(batch_id, None)
             self._wake.set()
 
@@ -287,7 +310,7 @@ class BatchRunner:
         while True:
             await asyncio.sleep(every)
             try:
-                status = await asyncio.to_thread(
+                status = await self._blocking(
                     self.store.heartbeat,
                     job.batch.id,
                     self.worker_id,
@@ -301,7 +324,7 @@ class BatchRunner:
                 logger.error("batch %s: renewing the lease failed: %s", job.batch.id, exc)
                 continue
             try:
-                job.owner_revoked = not await asyncio.to_thread(self.owner_active, job.principal)
+                job.owner_revoked = not await self._blocking(self.owner_active, job.principal)
             except Exception as exc:  # the database is down: judge again next time
                 logger.error("batch %s: checking its owner's key failed: %s", job.batch.id, exc)
             if status is BatchStatus.CANCELLING and not job.cancelled:
@@ -351,7 +374,7 @@ class BatchRunner:
             )
             return BatchStatus.IN_PROGRESS if started else BatchStatus.CANCELLING
 
-        status = await asyncio.to_thread(validate)
+        status = await self._blocking(validate)
         if status is BatchStatus.CANCELLING:
             job.cancelled = True
         return status
@@ -372,7 +395,7 @@ class BatchRunner:
                 if job.stop.is_set():
                     break
                 await self._flush(job)
-                remaining = await asyncio.to_thread(self.store.pending, job.batch.id, limit=1)
+                remaining = await self._blocking(self.store.pending, job.batch.id, limit=1)
                 if not remaining:
                     break
         finally:
@@ -389,7 +412,7 @@ class BatchRunner:
             return BatchStatus.CANCELLING
         if job.expired or job.interrupted:
             return BatchStatus.IN_PROGRESS
-        await asyncio.to_thread(
+        await self._blocking(
             self.store.mark_finalizing,
             job.batch.id,
             self.worker_id,
@@ -402,7 +425,7 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
         after = 0
         while not job.stop.is_set():
-            lines = await asyncio.to_thread(self.store.pending, job.batch.id, after=after)
+            lines = await self._blocking(self.store.pending, job.batch.id, after=after)
             if not lines:
                 return
             for line in lines:
@@ -512,7 +535,7 @@ class BatchRunner:
                 return
             results, job.results = job.results, []
             try:
-                spend = await asyncio.to_thread(
+                spend = await self._blocking(
                     self.store.commit_results,
                     job.batch.id,
                     self.worker_id,
@@ -530,7 +553,7 @@ class BatchRunner:
     # -- finishing --------------------------------------------------------------------------
 
     async def _finish(self, job: _Job, status: BatchStatus, unrun: tuple[str, str] | None) -> None:
-        finished = await asyncio.to_thread(
+        finished = await self._blocking(
             self.store.finish,
             job.batch,
             self.worker_id,
