@@ -59,6 +59,20 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model.compute_logits(model(ids, torch.arange(len(ids)), ReferenceContext()))
 
 
+def _assert_logits_match_transformers(path: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """Our model of the GGUF at ``path`` and transformers' give the same logits on a prompt;
+    our model and that prompt."""
+    ours = load_model(path, dtype=torch.float32)
+    theirs = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = _prompt(ours.config.vocab_size)
+    with torch.no_grad():
+        expected = theirs(ids[None]).logits[0]
+    torch.testing.assert_close(_logits(ours, ids), expected, atol=ATOL, rtol=0)
+    return ours, ids
+
+
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
@@ -103,14 +117,7 @@ def test_logits_match_transformers_gguf_loader(
     model_dirs: dict[str, Path], tmp_path: Path, arch: str, kind: GGMLQuantizationType
 ) -> None:
     path = _gguf(tmp_path, model_dirs[arch], kind)
-    ours = load_model(path, dtype=torch.float32)
-    theirs = AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    ids = _prompt(ours.config.vocab_size)
-    with torch.no_grad():
-        expected = theirs(ids[None]).logits[0]
-    torch.testing.assert_close(_logits(ours, ids), expected, atol=ATOL, rtol=0)
+    ours, ids = _assert_logits_match_transformers(path)
     if kind != Q.F32:  # quantized: close to the original weights, not equal to them
         original = _logits(load_model(model_dirs[arch]), ids)
         assert not torch.equal(_logits(ours, ids), original)
@@ -143,14 +150,7 @@ def test_k_quants_match_transformers_gguf_loader(
     path = write_gguf(model_dir, folder / f"{arch}-{mix}.gguf", kind, overrides=overrides)
     counts = GGUFFile(path).tensor_type_counts()
     assert set(counts) == {"F32", kind.name, *(t.name for t in overrides.values())}
-    ours = load_model(path, dtype=torch.float32)
-    theirs = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    ids = _prompt(ours.config.vocab_size)
-    with torch.no_grad():
-        expected = theirs(ids[None]).logits[0]
-    torch.testing.assert_close(_logits(ours, ids), expected, atol=ATOL, rtol=0)
+    _assert_logits_match_transformers(path)
     # Served as bf16, the K-quant weights dequantize to what gguf reads, rounded once.
     model = load_model(open_checkpoint(path), dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
